@@ -53,6 +53,14 @@ class SAEConfig:
     """Per step, each ``gba`` bias moves this fraction of the way to the bias that gives its group's frequency on the batch."""
     kl_coefficient: float = 1e-3
     """Weight of the KL term (mean per latent) of the ``variational`` rule."""
+    dictionary: str = "linear"
+    """Decoder dictionary: ``linear`` (free unit-norm rows) or ``archetypal`` (RA-SAE: each atom a row-stochastic mix of k-means candidates of the data plus a bounded relaxation; see ``visionsae.sae.dictionary``)."""
+    archetypal_candidates: int = 0
+    """Number of k-means candidates of the ``archetypal`` dictionary (0: n_latents); computed from the sample the SAE is initialised on, which needs at least this many rows."""
+    archetypal_delta: float = 1.0
+    """Largest row norm of the ``archetypal`` relaxation (in units of the normalised input, whose mean norm is sqrt(d_in))."""
+    archetypal_learn_scale: bool = True
+    """Learn a scalar multiplier of the ``archetypal`` atoms (their cone, not only their hull)."""
     normalize_input: bool = True
     """Scale inputs to mean norm sqrt(d_in) during training; the scale is folded into the weights at save."""
     dtype: str = "float32"
@@ -81,6 +89,15 @@ class SAEConfig:
                 f"a {self.sparsity} SAE keeps at most n_latents latents"
             )
         self._check_variant_fields()
+        if self.dictionary not in ("linear", "archetypal"):
+            raise ValueError(f"unknown dictionary {self.dictionary!r}; expected 'linear' or 'archetypal'")
+        if self.archetypal_candidates < 0 or (self.archetypal_candidates and self.archetypal_candidates < self.n_latents):
+            raise ValueError(
+                f"archetypal_candidates must be 0 (n_latents) or >= n_latents={self.n_latents}, "
+                f"got {self.archetypal_candidates}"
+            )
+        if not self.archetypal_delta >= 0:
+            raise ValueError(f"archetypal_delta must be >= 0, got {self.archetypal_delta!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; expected one of {DTYPES}")
 

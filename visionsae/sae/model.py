@@ -12,6 +12,7 @@ from torch import nn
 
 from .code import SparseCode
 from .config import SAEConfig
+from .dictionary import ArchetypalDictionary
 from .kernels import sparse_decode, sparse_encode
 from .losses import LossInputs, afa_loss, matryoshka_loss, matryoshka_widths
 from .losses import fvu as _fvu
@@ -47,6 +48,11 @@ class SparseAutoencoder(nn.Module):
     ``W_enc [n_latents, d_in]``, ``b_enc [n_latents]``, ``W_dec [n_latents, d_in]`` (unit
     rows while training), ``b_dec [d_in]``. ``input_scale`` is 1 after
     :meth:`fold_input_scale`, which :meth:`save_pretrained` applies.
+
+    With ``cfg.dictionary == "archetypal"`` (RA-SAE) the decoder is computed from
+    ``self.dictionary`` (:class:`~visionsae.sae.dictionary.ArchetypalDictionary`); ``W_dec``
+    then holds the fused matrix, is not trained itself, and is refreshed after every step
+    (:meth:`normalize_decoder_`), so inference and files see one plain decoder matrix.
     """
 
     def __init__(self, cfg: SAEConfig, device: torch.device | str | None = None) -> None:
@@ -65,6 +71,14 @@ class SparseAutoencoder(nn.Module):
         self.rule: SparsityRule = RULES[cfg.sparsity](cfg).to(device)
         if not self.rule.learns_encoder_bias:
             self.b_enc.requires_grad_(False)  # the rule sets it (after_step), not the optimizer
+        self.dictionary: ArchetypalDictionary | None = None
+        self._substituting = False
+        if cfg.dictionary == "archetypal":
+            self.dictionary = ArchetypalDictionary(
+                n, d, cfg.archetypal_candidates or n, cfg.archetypal_delta, cfg.archetypal_learn_scale,
+                device=device, dtype=dtype,
+            )
+            self.W_dec.requires_grad_(False)  # computed from self.dictionary
 
     # ----------------------------------------------------------------- shapes
     @property
@@ -142,6 +156,20 @@ class SparseAutoencoder(nn.Module):
         given (and the rule is sparse), the AuxK loss asks the ``aux_k`` largest dead
         pre-activations to reconstruct the residual (Gao et al. 2024, appendix A.2).
         """
+        if self.dictionary is not None and torch.is_grad_enabled() and not self._substituting:
+            # RA-SAE: run this pass with W_dec replaced by the atoms computed from the
+            # dictionary's parameters, so every reader of W_dec (decode, AuxK, the rule's
+            # and the extra losses) passes its gradient to them.
+            atoms = self.dictionary_atoms()
+            with torch.no_grad():
+                self.W_dec.copy_(atoms)
+            self._substituting = True
+            try:
+                return torch.func.functional_call(
+                    self, {"W_dec": atoms}, (x,), {"dead_mask": dead_mask, "aux_k": aux_k}, strict=False
+                )
+            finally:
+                self._substituting = False
         x_flat = self._flat(x)
         xs = x_flat * self.input_scale.to(x_flat.dtype)
         x_in = xs - self.b_dec
@@ -180,9 +208,22 @@ class SparseAutoencoder(nn.Module):
         return _fvu(residual, residual_hat)
 
     # ------------------------------------------------------ decoder constraints
+    def dictionary_atoms(self) -> torch.Tensor:
+        """The archetypal dictionary's atoms in this SAE's current units ``[n_latents, d_in]``
+        (differentiable; folding the input scale divides them as it divides ``W_dec``)."""
+        if self.dictionary is None:
+            raise ValueError("this SAE has a linear dictionary; dictionary_atoms needs dictionary='archetypal'")
+        factor = (self.input_scale / self.dictionary.reference_scale).to(self.W_dec.dtype)
+        return self.dictionary.atoms() * factor
+
     @torch.no_grad()
     def normalize_decoder_(self) -> None:
-        """Scale every decoder row to unit norm."""
+        """Scale every decoder row to unit norm; for an archetypal dictionary, project its
+        parameters onto their constraints instead and refresh the fused ``W_dec``."""
+        if self.dictionary is not None:
+            self.dictionary.project_()
+            self.W_dec.copy_(self.dictionary_atoms())
+            return
         self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(torch.finfo(self.W_dec.dtype).eps)
 
     @torch.no_grad()
@@ -210,6 +251,15 @@ class SparseAutoencoder(nn.Module):
         else:
             raise ValueError(f"unknown b_dec init {method!r}; expected geometric_median, mean or zeros")
         self.b_dec.copy_(center.to(self.b_dec.dtype))
+        if self.dictionary is not None:
+            # Candidates from the centred sample; the k-means seed is drawn from torch's global
+            # generator, so SAEs initialised under different seeds get independent candidates.
+            seed = int(torch.randint(0, 2**62, ()))
+            self.dictionary.set_candidates_(xs - center, float(self.input_scale), seed=seed)
+            self.W_dec.copy_(self.dictionary_atoms())
+            # tied init: encoder rows along the atoms, scaled so that a point at an atom codes ~1
+            atoms = self.W_dec.float()
+            self.W_enc.copy_((atoms / atoms.pow(2).sum(1, keepdim=True).clamp_min(1e-12)).to(self.W_enc.dtype))
 
     @torch.no_grad()
     def fold_input_scale(self) -> None:
