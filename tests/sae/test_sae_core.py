@@ -44,6 +44,20 @@ def test_sparse_kernels_match_plain_autograd(rule_cls):
         torch.testing.assert_close(fast, plain, msg=f"gradient of {name} differs")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_decoder_value_gradient_with_repeated_indices(dtype):
+    # rules may return a latent twice in a row (padding slots); each slot gets its own gradient
+    torch.manual_seed(1)
+    indices = torch.randint(0, 7, (33, 6))  # 7 latents, 6 slots: repeats guaranteed
+    values = torch.randn(33, 6, dtype=dtype, requires_grad=True)
+    W_dec = torch.randn(7, 5, dtype=dtype)
+    grad_out = torch.randn(33, 5, dtype=dtype)
+    (grad,) = torch.autograd.grad(sparse_decode(values, indices, W_dec), values, grad_out)
+    expected = (W_dec.double()[indices] * grad_out.double()[:, None, :]).sum(-1)
+    tol = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 3e-2}[dtype]
+    torch.testing.assert_close(grad.double(), expected, rtol=tol, atol=tol)
+
+
 @pytest.mark.parametrize("rule", sorted(RULES))
 def test_chunked_encode_equals_one_shot(rule, monkeypatch):
     sae = _trained_like(rule)

@@ -39,6 +39,29 @@ def _transpose_sparse(indices: torch.Tensor, weights: torch.Tensor, n_rows: int)
         )
 
 
+def _sampled_dots(indices: torch.Tensor, grad: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """``out[b, j] = <grad[b], table[indices[b, j]]>``: ``grad @ table.T`` computed only at the
+    ``[batch, k]`` selected entries (a sampled dense-dense matmul on the CSR pattern), so the
+    gathered ``[batch, k, d]`` rows are never materialised."""
+    batch, width = indices.shape
+    if indices.device.type != "cpu" or grad.dtype not in (torch.float32, torch.float64):
+        # sampled_addmm covers CPU fp32/fp64; elsewhere gather the rows in bounded chunks
+        out = torch.empty(batch, width, dtype=grad.dtype, device=grad.device)
+        step = max(1, (1 << 22) // max(1, width * table.shape[1]))
+        for s in range(0, batch, step):
+            rows = table[indices[s : s + step]].to(grad.dtype)  # [chunk, k, d_in]
+            out[s : s + step] = torch.bmm(rows, grad[s : s + step, :, None]).squeeze(-1)
+        return out
+    sorted_idx, perm = indices.sort(dim=1)  # CSR wants ordered columns within a row
+    crow = torch.arange(0, batch * width + 1, width, device=indices.device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        pattern = torch.sparse_csr_tensor(crow, sorted_idx.reshape(-1), torch.zeros(batch * width, dtype=grad.dtype,
+                                          device=grad.device), size=(batch, table.shape[0]), check_invariants=False)
+        dots = torch.sparse.sampled_addmm(pattern, grad, table.t().to(grad.dtype), beta=0.0).values().view(batch, width)
+    return torch.empty_like(dots).scatter_(1, perm, dots)
+
+
 def _rows_weighted_sum(indices: torch.Tensor, weights: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """``out[b] = sum_j weights[b, j] * table[indices[b, j]]`` without materialising the gather."""
     return F.embedding_bag(indices, table, per_sample_weights=weights.to(table.dtype), mode="sum")
@@ -83,12 +106,8 @@ class _SparseDecode(torch.autograd.Function):
         values, indices, weight = ctx.saved_tensors
         grad_values = grad_weight = None
         if ctx.needs_input_grad[0]:
-            # <grad_out[b], weight[indices[b, j]]>, chunked so the gathered rows stay small
-            grad_values = torch.empty_like(values)
-            step = max(1, (1 << 22) // max(1, indices.shape[1] * weight.shape[1]))
-            for s in range(0, indices.shape[0], step):
-                rows = weight[indices[s : s + step]]  # [chunk, k, d_in]
-                grad_values[s : s + step] = torch.bmm(rows, grad_out[s : s + step, :, None]).squeeze(-1)
+            # <grad_out[b], weight[indices[b, j]]>
+            grad_values = _sampled_dots(indices, grad_out, weight).to(values.dtype)
         if ctx.needs_input_grad[2]:
             gt = _transpose_sparse(indices, values.to(grad_out.dtype), weight.shape[0])
             grad_weight = (gt @ grad_out).to(weight.dtype)
