@@ -1,0 +1,245 @@
+"""``visionsae eval audit``: the blindspot audit on the zoo, with planted blindspots.
+
+Real = Fashion-MNIST test images (28x28 in the 2-pixel black frame the zoo generator was
+trained on). Generated = the zoo text-to-image pipeline's images for the same captions
+(held-out caption templates, paired one to one), with three things planted:
+
+* a **suppressed** class: its captions are answered by the ItD pipeline that erases it;
+* an **exaggerated** class: its captions are drawn ``factor`` times each (over-generated);
+* a **copy**: one generated image is a real image (plus faint noise).
+
+Backbone: the real EfficientNet-Lite0 (block 15, a 4x4 grid of 320-d tokens at 128 px); the
+concepts are an RA-SAE trained on the real images' tokens. A concept belongs to the class
+holding most of its real energy. The report gives the rank of the planted classes' first
+concept in the suppressed and exaggerated rankings (1 = top), whether the copy is flagged
+as memorised, the stability of the RA-SAE across an independent second initialisation, and
+(with ``--second-generator``) the correlation of deltas with an unplanted run of the same
+generator. Writes ``eval-audit.json`` and the HTML report to ``--out-dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+HOOK = "_blocks.15"
+RESOLUTION = 128
+
+
+def efficientnet_source():
+    """An :class:`ImageSource` on the real EfficientNet-Lite0 at :data:`HOOK`, images at 128 px."""
+    from ..sources.image import ImageSource, ImagePreprocess
+    from ..sources.loading import load_model
+
+    loaded = load_model("efficientnet-lite0")
+    pre = loaded.processor
+    pre = ImagePreprocess((RESOLUTION, RESOLUTION), RESOLUTION, pre.mean, pre.std, "bilinear")
+    return ImageSource(loaded.model, HOOK, preprocess=pre)
+
+
+def _framed(image28: np.ndarray) -> np.ndarray:
+    """uint8 28x28 -> uint8 32x32x3 in the zoo's 2-pixel black frame."""
+    out = np.zeros((32, 32, 3), dtype=np.uint8)
+    out[2:30, 2:30] = image28[:, :, None]
+    return out
+
+
+def _save(rgb: np.ndarray, path: Path) -> str:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb).save(path)
+    return str(path)
+
+
+def _generate(pipe, prompts, seeds, settings, batch, desc, progress) -> np.ndarray:
+    from tqdm.auto import tqdm
+
+    out = []
+    for i in tqdm(range(0, len(prompts), batch), desc=desc, disable=not progress):
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds[i : i + batch]]
+        out.append(pipe(list(prompts[i : i + batch]), generator=gens, output_type="np", **settings).images)
+    return (np.concatenate(out) * 255).round().clip(0, 255).astype(np.uint8)
+
+
+def planted_sets(out_dir: Path, per_class: int, *, suppress: str = "sneaker", exaggerate: str = "trouser",
+                 factor: int = 3, copy_class: str = "bag", second_generator: bool = False, seed: int = 0,
+                 batch: int = 32, progress: bool = True):
+    """Write the real and generated images (PNG) and return ``(real, [generated...], truth)``."""
+    from pipelines.itd import ItDStableDiffusionPipeline
+
+    from ..audit import ImageSet
+    from ..zoo import CLASS_NAMES, load_fashion_pipeline, zoo_dir
+    from ..zoo.captions import sample_prompts
+    from ..zoo.data import load_fashion_mnist
+    from ..zoo.text_sae import ERASE_MODE, ERASE_VALUE, SAE_DIR
+
+    for name in (suppress, exaggerate, copy_class):
+        if name not in CLASS_NAMES:
+            raise ValueError(f"unknown class {name!r}; the zoo's classes are {list(CLASS_NAMES)}")
+    if suppress == exaggerate:
+        raise ValueError("the suppressed and the exaggerated class must differ")
+    if factor < 2:
+        raise ValueError(f"factor must be >= 2 (the exaggerated class is drawn factor times per caption), got {factor}")
+    images, labels = load_fashion_mnist("test")
+    gen = torch.Generator().manual_seed(seed)
+    real_items, captions, keys, groups = [], [], [], []
+    for c, name in enumerate(CLASS_NAMES):
+        idx = torch.nonzero(labels == c).squeeze(1)
+        pick = idx[torch.randperm(len(idx), generator=gen)[:per_class]].tolist()
+        for j, (i, caption) in enumerate(zip(pick, sample_prompts(c, per_class, "heldout", seed))):
+            key = f"{name}-{j}"
+            real_items.append(_save(_framed(images[i].numpy()), out_dir / "images" / "real" / f"{key}.png"))
+            captions.append(caption)
+            keys.append(key)
+            groups.append(name)
+    real = ImageSet("real", real_items, keys, captions, groups)
+
+    stock = load_fashion_pipeline()
+    stock.set_progress_bar_config(disable=True)
+    settings = dict(stock.zoo_settings)
+    erased = ItDStableDiffusionPipeline.wrap(stock, zoo_dir() / SAE_DIR, zoo_dir() / SAE_DIR / "concepts.json",
+                                             [suppress], mode=ERASE_MODE, value=ERASE_VALUE)
+    # jobs: (key, caption, class, seed); the exaggerated class's captions are drawn `factor` times
+    jobs = []
+    for i, (k, cap, g) in enumerate(zip(keys, captions, groups)):
+        for r in range(factor if g == exaggerate else 1):
+            jobs.append((k if r == 0 else f"{k}~{r}", k, cap, g, seed * 1_000_003 + 7 * i + r))
+    t0 = time.perf_counter()
+    gen_rgb: dict[str, np.ndarray] = {}
+    for pipe, which in ((stock, [j for j in jobs if j[3] != suppress]), (erased, [j for j in jobs if j[3] == suppress])):
+        if which:
+            rgb = _generate(pipe, [j[2] for j in which], [j[4] for j in which], settings, batch,
+                            "generate (ItD-erased)" if pipe is erased else "generate", progress)
+            gen_rgb.update({j[0]: im for j, im in zip(which, rgb)})
+    copy_key = next(k for k, g in zip(keys, groups) if g == copy_class)
+    noise = np.random.default_rng(seed).normal(0, 2.0, (32, 32, 1))  # faint noise, as a re-encoded copy would carry
+    from PIL import Image
+
+    real_rgb = np.asarray(Image.open(real_items[keys.index(copy_key)]).convert("RGB"))
+    gen_rgb[copy_key] = (real_rgb + noise).round().clip(0, 255).astype(np.uint8)
+    gen_items = [_save(gen_rgb[j[0]], out_dir / "images" / "zoo" / f"{j[0]}.png") for j in jobs]
+    seconds = time.perf_counter() - t0
+    generated = [ImageSet("zoo", gen_items, [j[1] for j in jobs], [j[2] for j in jobs], [j[3] for j in jobs])]
+    if second_generator:
+        plain_jobs = [(k, cap, g, seed * 1_000_003 + 500_009 + 7 * i) for i, (k, cap, g) in enumerate(zip(keys, captions, groups))]
+        rgb = _generate(stock, [j[1] for j in plain_jobs], [j[3] for j in plain_jobs], settings, batch, "generate (plain)", progress)
+        items = [_save(im, out_dir / "images" / "zoo-plain" / f"{j[0]}.png") for j, im in zip(plain_jobs, rgb)]
+        generated.append(ImageSet("zoo-plain", items, [j[0] for j in plain_jobs], [j[1] for j in plain_jobs], [j[2] for j in plain_jobs]))
+    truth = {"suppressed": suppress, "exaggerated": exaggerate, "factor": factor, "copy_generated_id": jobs.index(
+        next(j for j in jobs if j[0] == copy_key)), "copy_real_id": keys.index(copy_key), "copy_class": copy_class,
+        "generation_seconds": seconds, "generated_images": len(jobs)}
+    return real, generated, truth
+
+
+def class_ranks(result, truth: dict, generator: str = "zoo", purity: float = 0.5, top: int = 5) -> dict[str, Any]:
+    """Where the planted classes' concepts land in the rankings: the rank (1 = top) of the
+    first concept owned by the suppressed class among the suppressed ranking, the same for the
+    exaggerated class, and the owners of the top concepts of each ranking."""
+    groups = result.groups["real"]
+    names = sorted(groups)
+    g = torch.tensor([groups[n] for n in names])  # [classes, K]: mean real energy per class
+    share = g / g.sum(0).clamp_min(1e-12)
+    owner_share, owner = share.max(0)
+
+    def owner_of(k: int) -> str | None:
+        return names[int(owner[k])] if float(owner_share[k]) >= purity else None
+
+    table = result.concepts[generator]
+    out: dict[str, Any] = {"purity": purity}
+    for side, cls in (("suppressed", truth["suppressed"]), ("exaggerated", truth["exaggerated"])):
+        order = table[f"rank_{side}"]
+        owners = [owner_of(k) for k in order]
+        rank = next((i + 1 for i, o in enumerate(owners) if o == cls), None)
+        flagged = table[side]
+        out[side] = {
+            "class": cls,
+            "rank_of_first_class_concept": rank,
+            "ranked_concepts": len(order),
+            "class_concepts": sum(1 for k in range(len(owner)) if owner_of(k) == cls and table["supported"][k]),
+            f"top{top}_owners": owners[:top],
+            f"top{top}_share_of_class": sum(o == cls for o in owners[:top]) / max(1, min(top, len(owners))),
+            "flagged": len(flagged),
+            "flagged_of_class": sum(owner_of(k) == cls for k in flagged),
+            "first_class_concept": None if rank is None else {
+                "concept": order[rank - 1], "delta": table["delta"][order[rank - 1]],
+                "interval": [table["delta_low"][order[rank - 1]], table["delta_high"][order[rank - 1]]]},
+        }
+    return out
+
+
+def evaluate(out_dir: str | Path = "runs/eval-audit", per_class: int = 50, *, seed: int = 0, stability: bool = True,
+             second_generator: bool = True, cfg=None, progress: bool = True, report: bool = True) -> dict[str, Any]:
+    from ..audit import AuditConfig, run_audit
+    from ..audit.core import train_audit_sae
+    from ..store import ActivationStore
+
+    out = Path(out_dir)
+    cfg = cfg or AuditConfig(seed=seed, progress=progress)
+    real, generated, truth = planted_sets(out, per_class, seed=seed, second_generator=second_generator, progress=progress)
+    source = efficientnet_source()
+    t0 = time.perf_counter()
+    result = run_audit(source, real, generated, out / "audit", cfg=cfg)
+    audit_seconds = time.perf_counter() - t0
+    mem = result.memorisation["zoo"]
+    copy = next((c for c in mem["candidates"] if c["generated"] == truth["copy_generated_id"]), None)
+    others = [c["similarity"] for c in mem["candidates"] if c["generated"] != truth["copy_generated_id"]]
+    report_json: dict[str, Any] = {
+        "setting": {"per_class": per_class, "real_images": len(real.items), "backbone": f"efficientnet-lite0 {HOOK} @ {RESOLUTION}px",
+                    "seed": seed, **{k: v for k, v in truth.items() if k != "generation_seconds"}},
+        "ranks": class_ranks(result, truth),
+        "memorisation": {
+            "copy_flagged": bool(copy and copy["flagged"]),
+            "copy_similarity": copy["similarity"] if copy else None,
+            "copy_is_top_candidate": bool(mem["candidates"] and mem["candidates"][0]["generated"] == truth["copy_generated_id"]),
+            "copy_matched_its_original": bool(copy and copy["real"] == truth["copy_real_id"]),
+            "best_other_similarity": max(others) if others else None,
+            "other_flagged": mem["flagged"] - int(bool(copy and copy["flagged"])),
+            "copy_ratio": copy["ratio"] if copy else None,
+            "best_other_ratio": min((c["ratio"] for c in mem["candidates"] if c["generated"] != truth["copy_generated_id"]), default=None),
+            "ratio_threshold": mem["ratio"],
+        },
+        "correlations": result.correlations,
+        "timing": {"generation_seconds": truth["generation_seconds"], "audit_seconds": audit_seconds},
+        "sae": result.sae,
+    }
+    if stability:
+        from .sae import stability as stability_of
+
+        store = ActivationStore.open(out / "audit" / "stores" / "real")
+        other = train_audit_sae(store, out / "audit" / f"sae-train-seed{cfg.seed + 1}",
+                                AuditConfig(**{**cfg.to_dict(), "seed": cfg.seed + 1}))
+        from ..sae import SparseAutoencoder
+
+        first = SparseAutoencoder.from_pretrained(out / "audit" / "sae-train" / "sae")
+        report_json["stability"] = {k: v for k, v in stability_of([first, other]).items() if k != "pairs"}
+    if report:
+        from ..audit.report import write_report
+
+        write_report(result, out / "report.html", real=real, generated=generated)
+        report_json["report"] = str(out / "report.html")
+    (out / "eval-audit.json").write_text(json.dumps(report_json, indent=2))
+    return report_json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out-dir", default="runs/eval-audit", help="images, stores, SAE, eval-audit.json, report.html")
+    parser.add_argument("--per-class", type=int, default=50, help="real images (and captions) per class (default: 50)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-stability", action="store_true", help="skip training a second RA-SAE for the stability figure")
+    parser.add_argument("--no-second-generator", action="store_true", help="skip the unplanted second run of the generator")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    res = evaluate(args.out_dir, args.per_class, seed=args.seed, stability=not args.no_stability,
+                   second_generator=not args.no_second_generator)
+    print(json.dumps(res, indent=2))
+    return 0
