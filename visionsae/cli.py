@@ -32,6 +32,7 @@ from typing import Any, Sequence
 # command path -> (module, one-line help)
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("demo",): ("visionsae.demo_main", "Run the main demo on the embedded zoo model (offline)."),
+    ("app",): ("demos.app", "Serve the web demo (Gradio, offline, on 127.0.0.1): erase concepts, ask the VQA model."),
     ("train",): ("visionsae.train.command", "Train a sparse autoencoder."),
     ("extract",): ("visionsae.sources.command", "Store a model's activations at a hook point (resumable)."),
     ("inspect",): ("visionsae.inspect_command", "An SAE's statistics and its features' top-activating inputs."),
@@ -47,6 +48,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
         "visionsae.eval.sae",
         "SAE quality: FVU, L0, dead/dense, AFA check, dark matter, stability, planted recovery, concept agreement.",
     ),
+    ("audit",): ("visionsae.audit.command", "Find a generator's blindspots against real images (HTML report + JSON)."),
+    ("eval", "audit"): ("visionsae.eval.audit", "Blindspot audit on the zoo with planted suppressed / exaggerated classes and a copy."),
 }
 
 # groups of commands (the first words of multi-word command paths) -> help
