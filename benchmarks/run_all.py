@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, tuple[str, str, list[str], list[str]]] = {
     "train_throughput": ("project", "benchmarks.train_throughput", [], ["--setting", "default", "--samples", "204800"]),
     "peer_sparsify": ("peers", "benchmarks.peer_sparsify", [], ["--samples", "204800"]),
     "store_read": ("project", "benchmarks.store_read", [], []),
+    "audit_throughput": ("project", "benchmarks.audit_throughput", [], ["--images", "64", "--repeats", "1"]),
 }
 
 
