@@ -1,0 +1,1 @@
+"""Demos built on visionsae and its pipelines (the Gradio app, the blindspot audit script)."""
