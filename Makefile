@@ -1,4 +1,4 @@
-# The two set-up commands of the README: `make demo` and `make test`. Each creates .venv
+# The set-up commands of the README: `make demo`, `make app` (the web demo) and `make test`. Each creates .venv
 # when it is missing and installs the project with the torch pin of constraints.txt.
 PY      ?= python3
 VENV    := .venv
@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo app bench clean
 
 install: $(STAMP)
 
@@ -23,6 +23,9 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/visionsae demo
+
+app: $(STAMP)
+	$(BIN)/visionsae app
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all
