@@ -13,7 +13,6 @@ these tests skip and say so.
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 import socket
@@ -41,14 +40,15 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def app():
+def app(tmp_path_factory):
     """(Eraser, URL) of the app serving the zoo on 127.0.0.1."""
     torch.set_num_threads(1)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from demos.app import Asker, Eraser, build_ui, launch
+    from demos.app import build_ui, launch
+    from demos.app_backend import Asker, Auditor, Eraser
 
     eraser = Eraser.zoo()
-    ui = build_ui(eraser, Asker())
+    ui = build_ui(eraser, Asker(), Auditor(tmp_path_factory.mktemp("app-audits")))
     port = _free_port()
     launch(ui, "127.0.0.1", port, block=False)
     yield eraser, f"http://127.0.0.1:{port}/"
@@ -120,7 +120,7 @@ def _verdict_rows(pg: Page) -> dict[str, list[str]]:
 
 def _direct(eraser, prompt: str, seed: int = 0) -> np.ndarray:
     """The stock zoo pipeline's image of ``prompt`` at ``seed``, as the page displays it."""
-    from demos.app import display_image
+    from demos.app_backend import display_image
 
     eraser.pipe.itd_enabled = False
     try:
@@ -162,10 +162,7 @@ def test_erasing_sneaker_shows_stock_and_erased_images_and_the_verdict(app, page
     assert stock.shape == erased.shape == (256, 256, 3)
     assert np.abs(stock.astype(int) - erased.astype(int)).mean() > 5
 
-    from visionsae.zoo import zoo_dir
-    from visionsae.zoo.text_sae import SAE_DIR
-
-    threshold = json.loads((zoo_dir() / SAE_DIR / "concepts.json").read_text())["concepts"]["sneaker"]["threshold"]
+    threshold = eraser.concepts["sneaker"].threshold  # the zoo's concepts.json, as the app loaded it
     score, flagged = _classifier_score(eraser, prompt, "sneaker")
     assert flagged
     verdict = page.locator("#verdict").inner_text()
@@ -254,9 +251,64 @@ def test_vqa_answers_about_a_sample_image_and_refuses_a_file_that_is_no_image(ap
 
 def test_unknown_concept_is_refused_by_name(app):
     """The page offers only the set's concepts; a scripted request naming another is refused."""
-    from demos.app import AppError, error_text
+    from demos.app_backend import AppError, error_text
 
     eraser, _ = app
     with pytest.raises(AppError, match="Unknown concept 'cat'; this model's concept set has t-shirt") as info:
         eraser.erase("a photo of a cat", ["cat"])
     assert error_text(info.value).startswith("**Error:** Unknown concept 'cat'")
+
+
+@pytest.fixture(scope="module")
+def audit_report(tmp_path_factory) -> Path:
+    """A real report of `visionsae.audit` (12 real against 12 other Fashion-MNIST images, a tiny
+    random DINOv2 with registers as the backbone: seconds, not the zoo audit's minute)."""
+    from PIL import Image
+    from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+    from visionsae.audit import AuditConfig, ImageSet, run_audit
+    from visionsae.audit.report import write_report
+    from visionsae.sources.loading import build_source, load_model
+    from visionsae.zoo.data import load_fashion_mnist
+
+    root = tmp_path_factory.mktemp("audit")
+    torch.manual_seed(0)
+    cfg = Dinov2WithRegistersConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                                    image_size=28, patch_size=7, num_register_tokens=4)
+    Dinov2WithRegistersModel(cfg).eval().save_pretrained(root / "dinov2")
+    images, _ = load_fashion_mnist("test")
+    paths = []
+    for i in range(24):
+        Image.fromarray(images[i].numpy()).save(root / f"{i}.png")
+        paths.append(str(root / f"{i}.png"))
+    source = build_source(load_model(str(root / "dinov2")), "image", hook="encoder.layer.1")
+    real, generated = ImageSet("real", paths[:12]), ImageSet("generated", paths[12:])
+    result = run_audit(source, real, [generated], root / "out",
+                       cfg=AuditConfig(sae_latents=32, sae_k=4, sae_samples=20_000, sae_batch=256, bootstrap=50,
+                                       progress=False, min_support=2))
+    return write_report(result, root / "report.html", real=real, generated=[generated])
+
+
+def test_audit_tab_opens_a_report_and_refuses_another_page(page, audit_report, tmp_path):
+    page.get_by_role("tab", name="Blindspot audit").click()
+    other = tmp_path / "notes.html"
+    other.write_text("<html><body><h1>My holiday</h1></body></html>")
+    page.locator("#audit-file input[type=file]").set_input_files(str(other))
+    page.locator("#audit-file").get_by_text("notes.html", exact=True).wait_for()
+    page.locator("#audit-open").click()
+    _wait_answer(page, "#audit-status", "")
+    assert "'notes.html' is not a blindspot audit report" in page.locator("#audit-status").inner_text()
+    assert page.locator("#audit-report iframe").count() == 0
+
+    page.locator("#audit-file button[aria-label*='Clear'], #audit-file button[aria-label*='Remove']").first.click()
+    page.locator("#audit-file input[type=file]").set_input_files(str(audit_report))
+    page.locator("#audit-file").get_by_text("report.html", exact=True).wait_for()
+    before = page.locator("#audit-status [data-testid=markdown]").inner_text().strip()
+    page.locator("#audit-open").click()
+    _wait_answer(page, "#audit-status", before)
+    assert page.locator("#audit-status").inner_text().strip() == "Report 'report.html'."
+    frame = page.frame_locator("#audit-report iframe")
+    assert frame.locator("h1").inner_text() == "Blindspot audit"
+    assert frame.locator("h2").first.inner_text() == "generated"
+    assert frame.locator("img").count() > 10  # the report's image tiles, shown
+    assert "Traceback" not in page.content()
