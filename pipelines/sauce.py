@@ -1,0 +1,106 @@
+"""Drop-in SAUCE model: a ``LlavaForConditionalGeneration`` that has unlearned concepts.
+
+    model = SAUCELlavaForConditionalGeneration.from_pretrained(
+        "llava-hf/llava-1.5-7b-hf", sae=sae_dir, concepts="concepts.json", unlearn=["dog"])
+    out = model.generate(**processor(images=image, text=prompt, return_tensors="pt"), max_new_tokens=20)
+
+or wrap a model you already have (its modules are shared, nothing is copied, and the
+original object keeps answering as before): ``SAUCELlavaForConditionalGeneration.wrap(model,
+sae, concepts, unlearn=[...])``. ``generate`` and ``forward`` are the parent's, signature
+and all; the unlearning is a :class:`visionsae.control.sauce.SAUCEUnlearner` on a
+language-model layer (found under ``model.language_model.layers`` in transformers 5 or
+``language_model.model.layers`` in 4.x, whichever the SAE's recorded hook resolves to).
+``model.unlearning_enabled = False`` gives the stock model's answers from the same object.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from transformers import LlavaForConditionalGeneration
+
+from visionsae.concepts import ConceptSet
+from visionsae.control.sauce import SAUCEUnlearner
+from visionsae.sae import SparseAutoencoder
+
+
+def _load_sae(sae: SparseAutoencoder | str | Path) -> SparseAutoencoder:
+    return sae if isinstance(sae, SparseAutoencoder) else SparseAutoencoder.from_pretrained(sae)
+
+
+def _load_concepts(concepts: ConceptSet | str | Path) -> ConceptSet:
+    return concepts if isinstance(concepts, ConceptSet) else ConceptSet.load(concepts)
+
+
+class SAUCELlavaForConditionalGeneration(LlavaForConditionalGeneration):
+    """``LlavaForConditionalGeneration`` with SAE features of chosen concepts suppressed."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, sae=None, concepts=None,
+                        unlearn: Sequence[str] | None = None, tokens: str = "image", mode: str = "zero",
+                        value: float = 0.0, hook: str | None = None, **kwargs):
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if sae is not None or concepts is not None:
+            if sae is None or concepts is None:
+                raise ValueError("pass both sae= and concepts= (or neither, and call set_unlearning later)")
+            model.set_unlearning(sae, concepts, unlearn, tokens=tokens, mode=mode, value=value, hook=hook)
+        return model
+
+    @classmethod
+    def wrap(cls, model: LlavaForConditionalGeneration, sae, concepts, unlearn: Sequence[str] | None = None,
+             **unlearn_kwargs) -> "SAUCELlavaForConditionalGeneration":
+        """A SAUCE model sharing ``model``'s modules (nothing is copied; ``model`` is unchanged)."""
+        if not isinstance(model, LlavaForConditionalGeneration):
+            raise TypeError(f"wrap takes a LlavaForConditionalGeneration, got {type(model).__name__}")
+        with torch.device("meta"):  # the skeleton's own weights are thrown away at once
+            new = cls(model.config)
+        for name, child in model.named_children():
+            setattr(new, name, child)
+        new.generation_config = model.generation_config
+        new.train(model.training)
+        new.set_unlearning(sae, concepts, unlearn, **unlearn_kwargs)
+        return new
+
+    # ------------------------------------------------------------------ unlearning
+    @property
+    def _unlearner(self) -> SAUCEUnlearner | None:
+        return self.__dict__.get("_sauce_unlearner")
+
+    def set_unlearning(self, sae, concepts, unlearn: Sequence[str] | None = None, tokens: str = "image",
+                       mode: str = "zero", value: float = 0.0, hook: str | None = None) -> None:
+        """Unlearn the concepts ``unlearn`` (default: all of the set) from now on; replaces
+        any earlier setting. ``tokens``: ``image`` or ``all``; ``mode``: zero, scale, clamp."""
+        self.remove_unlearning()
+        sae = _load_sae(sae).to(self.device)
+        unlearner = SAUCEUnlearner(self, sae, _load_concepts(concepts), unlearn, hook=hook, tokens=tokens,
+                                   mode=mode, value=value)
+        self.__dict__["_sauce_unlearner"] = unlearner.attach()
+
+    def remove_unlearning(self) -> None:
+        if self._unlearner is not None:
+            self._unlearner.detach()
+            self.__dict__["_sauce_unlearner"] = None
+
+    @property
+    def unlearned(self) -> list[str]:
+        """Names of the concepts being unlearned."""
+        return list(self._unlearner.names) if self._unlearner is not None else []
+
+    @property
+    def unlearning_enabled(self) -> bool:
+        return self._unlearner is not None and self._unlearner.enabled
+
+    @unlearning_enabled.setter
+    def unlearning_enabled(self, on: bool) -> None:
+        if self._unlearner is None:
+            raise ValueError("no unlearning is set: call set_unlearning(sae, concepts, ...) first")
+        self._unlearner.enabled = bool(on)
+
+    def to(self, *args, **kwargs):
+        out = super().to(*args, **kwargs)
+        if self._unlearner is not None:
+            # the SAE follows the model's device; it keeps its own dtype (the edit casts back)
+            self._unlearner.edit.sae.to(self.device)
+        return out

@@ -1,0 +1,273 @@
+"""SAUCE: selective concept unlearning in a vision-language model with an SAE.
+
+An SAE on a language-model layer of a LLaVA-style VLM. A concept's features are selected
+from images of the concept and other images, all asked the same questions
+(:func:`select_concepts`): per conversation each latent's max activation over the chosen
+tokens, then per latent either
+
+* ``mean_diff`` (SAUCE's score): the concept images' mean share of activation on the latent
+  (max / sum of maxes of that conversation) minus the other images' mean share, or
+* ``ratio``: the concept images' mean activation over the other images' mean activation;
+
+and the top ``top_n`` latents (or those above the ``percentile``-th percentile of positive
+scores) are kept. The result is a :class:`~visionsae.concepts.ConceptSet` (JSON), as for ItD.
+
+At inference (:class:`SAUCEUnlearner`) the concepts' features are suppressed on the image
+tokens only (``tokens="image"``) or wherever they fire (``"all"``) — zeroed, scaled by a
+negative factor or clamped — with the SAE's reconstruction error kept. It is one
+:class:`FeatureEdit`, ungated; the token mask of the image policy is read from each call's
+``input_ids``. Several concepts are one edit over the union of their features; ``enabled``
+switches it off without touching the model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..concepts import Concept, ConceptSet, PromptStats, feature_union, sae_fingerprint, select_features
+from ..sae import SparseAutoencoder
+from ..sources.base import resolve_hook
+from .edit import EditSpec, FeatureEdit
+
+SELECT_METHODS = ("mean_diff", "ratio")
+TOKEN_SCOPES = ("image", "all")
+
+
+def image_token_id(model: nn.Module) -> int:
+    """The image placeholder id of a LLaVA-style model's config."""
+    cfg = getattr(model, "config", None)
+    for name in ("image_token_id", "image_token_index"):
+        value = getattr(cfg, name, None)
+        if value is not None:
+            return int(value)
+    raise ValueError(f"{type(model).__name__}'s config has no image_token_id / image_token_index; "
+                     "the image-token policy needs one (or use tokens='all')")
+
+
+def layer_hook(model: nn.Module, hook: str | None = None, layer: int | None = None) -> str:
+    """The module path of a language-model decoder layer of ``model``.
+
+    ``hook`` as recorded by an SAE is used when it resolves; otherwise (the path moved between
+    transformers releases: ``language_model.model.layers.N`` in 4.x, ``model.language_model.layers.N``
+    in 5.x) its trailing layer index is found under this model's decoder layers. ``layer``
+    alone picks a layer by index (negative counts from the end).
+    """
+    from ..sources.vlm import decoder_layers_path
+
+    if hook is None and layer is None:
+        raise ValueError("no hook point: pass hook= or layer=, or use an SAE / concept set that records one")
+    if hook is not None:
+        try:
+            return resolve_hook(model, hook)
+        except ValueError:
+            tail = hook.rsplit(".", 2)
+            if len(tail) < 2 or tail[-2] != "layers" or not tail[-1].isdigit():
+                raise
+            layer = int(tail[-1])
+    path = decoder_layers_path(model)
+    n = len(model.get_submodule(path))
+    if not -n <= layer < n:
+        raise ValueError(f"layer {layer} is out of range: {type(model).__name__}'s language model has {n} layers")
+    return f"{path}.{layer % n}"
+
+
+# ----------------------------------------------------------------------------- selection
+@torch.no_grad()
+def conversation_maxes(model: nn.Module, processor: Any, sae: SparseAutoencoder, images: Sequence[Any],
+                       questions: Sequence[str], hook: str, tokens: str = "image", batch_size: int = 64,
+                       progress: bool = False) -> torch.Tensor:
+    """Per (image, question) conversation, each latent's max activation ``[N, n_latents]``
+    over the image tokens (``tokens="image"``) or all image and text tokens (``"all"``; the
+    start token left out, as in concept selection for text)."""
+    from ..sources import VLMSource
+
+    if tokens not in TOKEN_SCOPES:
+        raise ValueError(f"unknown token scope {tokens!r}; expected one of {TOKEN_SCOPES}")
+    if len(images) != len(questions):
+        raise ValueError(f"got {len(images)} images but {len(questions)} questions; pass one question per image")
+    src = VLMSource(model, processor, hook=hook, keep_kinds=["image"] if tokens == "image" else ["image", "text"])
+    n = sae.n_latents
+    records = [{"image": im, "question": q} for im, q in zip(images, questions)]
+    out = torch.zeros(len(records), n)
+    for start in tqdm(range(0, len(records), batch_size), desc="encode conversations", disable=not progress, unit="batch"):
+        chunk = records[start : start + batch_size]
+        batch = src.encode(chunk, 0)
+        code = sae.encode(batch.acts.to(sae.W_enc.device, sae.W_enc.dtype))  # [rows, k]
+        flat = (batch.input_id.to(code.indices.device)[:, None] * n + code.indices).reshape(-1)
+        buf = torch.zeros(len(chunk) * n, device=code.values.device)
+        buf.scatter_reduce_(0, flat, code.values.abs().reshape(-1).float(), reduce="amax")
+        out[start : start + len(chunk)] = buf.view(len(chunk), n).cpu()
+    return out
+
+
+def stats_of(maxes: torch.Tensor, top_n: int = 10) -> PromptStats:
+    """:class:`PromptStats` (top-n counts, activation shares) of conversation maxes ``[N, n]``."""
+    top = maxes.topk(min(top_n, maxes.shape[1]), dim=1)
+    counts = torch.zeros(maxes.shape[1])
+    fired = top.values > 0
+    counts.index_add_(0, top.indices[fired], torch.ones(int(fired.sum())))
+    shares = (maxes / maxes.sum(1, keepdim=True).clamp_min(1e-12)).sum(0)
+    return PromptStats(maxes.shape[0], counts, shares)
+
+
+def score_features(concept: torch.Tensor, others: torch.Tensor | Sequence[torch.Tensor], method: str = "mean_diff",
+                   top_n: int | None = 16, percentile: float = 99.0) -> tuple[list[int], list[float]]:
+    """Latent ids and scores, best first, from conversation maxes of the concept's images
+    ``[N_c, n]`` and of other images: one ``[N_o, n]`` group or several (e.g. one per other
+    concept). Against several groups a latent scores against the group that uses it most,
+    so a feature the concept shares with one other concept (a shoe feature, for sneakers
+    and boots) scores low however rare it is in the rest."""
+    if method not in SELECT_METHODS:
+        raise ValueError(f"unknown selection method {method!r}; expected one of {SELECT_METHODS}")
+    groups = [others] if isinstance(others, torch.Tensor) else list(others)
+    if concept.shape[0] == 0 or not groups or any(g.shape[0] == 0 for g in groups):
+        raise ValueError("selection needs at least one concept conversation and one conversation in every other group")
+    if top_n is not None and top_n < 1:
+        raise ValueError(f"top_n must be >= 1 or None, got {top_n}")
+    if method == "mean_diff":
+        # the shared mean-difference rule of visionsae.concepts (percentile 0 = every positive score)
+        return select_features(stats_of(concept), [stats_of(g) for g in groups], method="mean_diff",
+                               percentile=0.0 if top_n is not None else percentile, max_features=top_n)
+    c_mean = concept.mean(0)
+    o_mean = torch.stack([g.mean(0) for g in groups]).amax(0)
+    floor = max(float(o_mean[o_mean > 0].min()) if (o_mean > 0).any() else 1e-6, 1e-6)
+    score = c_mean / (o_mean + floor)  # a latent the others never use scores by its own strength
+    score[c_mean == 0] = 0
+    positive = score[score > 0]
+    if positive.numel() == 0:
+        return [], []
+    if top_n is not None:
+        ids = score.argsort(descending=True)[: min(top_n, positive.numel())]
+    else:
+        cut = torch.quantile(positive.double(), percentile / 100).float()
+        ids = (score >= cut).nonzero().squeeze(-1)
+        ids = ids[score[ids].argsort(descending=True)]
+    return ids.tolist(), [float(score[i]) for i in ids]
+
+
+def select_concepts(model: nn.Module, processor: Any, sae: SparseAutoencoder, examples: Mapping[str, Sequence[Any]],
+                    questions: Sequence[str], *, others: Sequence[Any] | None = None, hook: str | None = None,
+                    method: str = "mean_diff", top_n: int | None = 16, percentile: float = 99.0, tokens: str = "image",
+                    against: str = "pooled", ask: str = "one", batch_size: int = 64, seed: int = 0, progress: bool = False) -> ConceptSet:
+    """A concept set from example images: ``examples`` maps each concept name to its images.
+
+    Each image is asked one of ``questions`` (``ask="one"``: cycled in a seeded order, so
+    every group gets the same questions) or every one of them (``ask="all"``). A concept is scored against ``others`` (images of none of the
+    concepts) if given, else against the other concepts' images: all of them as one group
+    (``against="pooled"``) or each concept's as a group of its own (``"each"``, see
+    :func:`score_features`).
+    """
+    if against not in ("pooled", "each"):
+        raise ValueError(f"against must be 'pooled' or 'each', got {against!r}")
+    if ask not in ("one", "all"):
+        raise ValueError(f"ask must be 'one' or 'all', got {ask!r}")
+    if not examples:
+        raise ValueError("no concepts given: examples maps a concept name to its images")
+    if not questions:
+        raise ValueError("no questions given: every example image is asked one of them")
+    hook = layer_hook(model, hook or sae.cfg.hook)
+    rng = torch.Generator().manual_seed(seed)
+
+    def maxes_of(images: Sequence[Any]) -> torch.Tensor:
+        if ask == "all":
+            pairs = [(im, q) for im in images for q in questions]
+        else:
+            order = torch.randperm(len(images), generator=rng).tolist()
+            pairs = [(im, questions[order[i] % len(questions)]) for i, im in enumerate(images)]
+        return conversation_maxes(model, processor, sae, [p[0] for p in pairs], [p[1] for p in pairs], hook, tokens,
+                                  batch_size, progress)
+
+    per_concept = {name: maxes_of(images) for name, images in examples.items()}
+    other_maxes = maxes_of(others) if others is not None else None
+    concepts = {}
+    for name, mx in per_concept.items():
+        rest = [other_maxes] if other_maxes is not None else [m for n, m in per_concept.items() if n != name]
+        if against == "pooled" and len(rest) > 1:
+            rest = [torch.cat(rest)]
+        if not rest:
+            raise ValueError(f"concept {name!r} has nothing to be compared with: pass others= or a second concept")
+        ids, scores = score_features(mx, rest, method, top_n, percentile)
+        if not ids:
+            raise ValueError(f"no SAE latent is more active on {name!r}'s images than on the others'")
+        concepts[name] = Concept(name, ids, scores, selection={
+            "method": f"sauce_{method}", "tokens": tokens, "top_n": top_n,
+            "percentile": None if top_n is not None else percentile, "questions": len(questions), "ask": ask,
+            "concept_conversations": int(mx.shape[0]), "other_conversations": sum(int(r.shape[0]) for r in rest),
+            "against": "others" if other_maxes is not None else f"other concepts ({against})"})
+    return ConceptSet(hook, sae_fingerprint(sae), sae.n_latents, concepts)
+
+
+# ----------------------------------------------------------------------------- unlearning
+class SAUCEUnlearner:
+    """Suppress ``names`` (default: every concept of the set) in ``model`` (a LLaVA-style VLM).
+
+    ``tokens``: ``image`` edits the image-token positions only, ``all`` every token where a
+    chosen feature fires (prompt and generated tokens). ``mode`` / ``value``: ``zero``,
+    ``scale`` by ``value`` (negative pushes the features the other way) or ``clamp`` to
+    ``value``. The edit runs only inside calls of ``model`` itself (so a wrapper that shares
+    its layers with another model object does not edit that one); ``enabled`` toggles it.
+    """
+
+    def __init__(self, model: nn.Module, sae: SparseAutoencoder, concepts: ConceptSet, names: Sequence[str] | None = None,
+                 hook: str | None = None, tokens: str = "image", mode: str = "zero", value: float = 0.0,
+                 keep_error: bool = True) -> None:
+        if tokens not in TOKEN_SCOPES:
+            raise ValueError(f"unknown token scope {tokens!r}; expected one of {TOKEN_SCOPES}")
+        if mode not in ("zero", "scale", "clamp"):
+            raise ValueError(f"SAUCE suppresses with mode 'zero', 'scale' or 'clamp', not {mode!r}")
+        concepts.check_sae(sae)
+        self.names = list(names) if names is not None else concepts.names()
+        if not self.names:
+            raise ValueError("no concepts to unlearn")
+        self.model = model
+        self.tokens = tokens
+        self.image_token_id = image_token_id(model) if tokens == "image" else None
+        hook = layer_hook(model, hook or concepts.hook or sae.cfg.hook)
+        features = feature_union(concepts, self.names).tolist()
+        spec = EditSpec(features, mode=mode, value=value, tokens="mask" if tokens == "image" else "active", keep_error=keep_error)
+        self.edit = FeatureEdit(model, hook, sae, spec)
+        self.edit.enabled = False  # on only inside the model's own forward
+        self.enabled = True
+        self._handles: list = []
+
+    @property
+    def features(self) -> list[int]:
+        return self.edit._feature_ids.tolist()
+
+    def _before(self, module, args, kwargs) -> None:
+        if not self.enabled:
+            return
+        if self.tokens == "image":
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            if ids is None:
+                raise ValueError("SAUCE on image tokens needs input_ids (it finds the image positions there), "
+                                 "not inputs_embeds; pass input_ids or unlearn with tokens='all'")
+            self.edit.token_mask = ids == self.image_token_id  # [B, T]; no image token after the prompt
+        self.edit.enabled = True
+
+    def _after(self, module, args, kwargs, output) -> None:
+        self.edit.enabled = False
+        self.edit.token_mask = None
+
+    def attach(self) -> "SAUCEUnlearner":
+        if not self._handles:
+            self.edit.attach()
+            self._handles = [self.model.register_forward_pre_hook(self._before, with_kwargs=True),
+                             self.model.register_forward_hook(self._after, with_kwargs=True, always_call=True)]
+        return self
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self.edit.detach()
+
+    def __enter__(self) -> "SAUCEUnlearner":
+        return self.attach()
+
+    def __exit__(self, *exc) -> None:
+        self.detach()

@@ -1,0 +1,239 @@
+"""The zoo VQA's language-model SAE and its class concepts: the ground of SAUCE on the zoo.
+
+A TopK SAE on the residual stream of the fashion VQA's Llama layer :data:`LAYER` (the middle
+of four, as SAUCE hooks a middle layer of LLaVA-1.5's language model), trained on the
+activations of image + question conversations exactly as the model sees them (the chat
+template, 16 image tokens, the question, the generation prompt), and a concept set with one
+concept per Fashion-MNIST class, selected from images of the class against the other
+classes' images asked the same questions (:func:`visionsae.control.sauce.select_concepts`).
+
+Two ways to feed the trainer, compared on held-out conversations (test images, held-out
+phrasings), every token counted:
+
+* ``fast`` (FAST, "Finetuning-aligned Sequential Training"): whole chat-formatted sequences
+  in their order, special tokens ([CLS], the closing [SEP]) included;
+* ``shuffled``: the usual token bag, rows shuffled across sequences, special tokens left out.
+
+    python -m visionsae.zoo.vqa_sae --out assets/zoo/fashion-vqa-sae      # both, ships the better one
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+LAYER = 2
+"""Index of the hooked Llama decoder layer (its output: the residual stream after it)."""
+SAE_DIR = "fashion-vqa-sae"
+# How SAUCE suppresses a class on the zoo (measured by `visionsae eval unlearning`).
+UNLEARN_MODE = "scale"
+UNLEARN_VALUE = -0.5
+UNLEARN_TOKENS = "all"
+SELECT_TOKENS = "image"
+"""Concept features are selected on the image tokens (what the image shows): text-token
+features selected the same way also carry answers to other questions (suppressing the
+sneaker's flips "does this go on your feet?" from yes to no on sandals and boots)."""
+TOP_N = 8
+"""Features kept per class concept (more pulls in features sneakers share with other footwear)."""
+VARIANTS = ("fast", "shuffled")
+
+
+@dataclass
+class SequenceRows:
+    """Activation rows of whole conversations, in order."""
+
+    acts: torch.Tensor  # [N, d] float32, one row per real (unpadded) token
+    seq: torch.Tensor  # [N] int64: which conversation
+    kind: torch.Tensor  # [N] uint8 TokenKind; the closing token of each prompt is END
+    labels: torch.Tensor  # [S] class of each conversation's image
+
+    @property
+    def special(self) -> torch.Tensor:
+        from ..store import TokenKind
+
+        return (self.kind == TokenKind.START) | (self.kind == TokenKind.END)
+
+
+def conversations(split: str, n: int, seed: int = 0) -> tuple[list[dict], torch.Tensor]:
+    """``n`` records ``{"image": PIL, "question": str}`` on Fashion-MNIST ``split`` images (in a
+    seeded random order), with the training phrasings (``train``) or the held-out ones
+    (``test``) of every kind of question the model answers; and the images' labels ``[n]``."""
+    from . import captions
+    from .data import load_fashion_mnist
+    from .train_vqa import QUESTION_MIX, training_questions
+    from .vqa import fashion_images_to_pil
+
+    images, labels = load_fashion_mnist(split)
+    if n > len(images):
+        raise ValueError(f"asked for {n} conversations but the {split} split has {len(images)} images")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(images), generator=g)[:n]
+    if split == "train":
+        bank = {kind: [q for q, _ in qs] for kind, qs in training_questions().items()}
+    else:
+        bank = {"category": list(captions.HELDOUT_CATEGORY_QUESTIONS),
+                "is_class": [t.format(c) for t in captions.HELDOUT_IS_CLASS_QUESTIONS for c in captions.CLASS_NAMES]}
+        bank |= {kind: list(held) for kind, (_, _, held) in captions.YES_NO_ATTRIBUTES.items()}
+    rng = random.Random(seed)
+    kinds = rng.choices(list(QUESTION_MIX), weights=list(QUESTION_MIX.values()), k=n)
+    pil = fashion_images_to_pil(images[idx])
+    records = [{"image": im, "question": rng.choice(bank[k])} for im, k in zip(pil, kinds)]
+    return records, labels[idx].long()
+
+
+def collect(model, processor, records: Sequence[dict], labels: torch.Tensor, layer: int = LAYER, batch_size: int = 128,
+            progress: bool = True) -> SequenceRows:
+    """Residual-stream rows of ``records`` at ``layer`` through :class:`VLMSource` (padding dropped)."""
+    from tqdm.auto import tqdm
+
+    from ..sources import VLMSource
+    from ..store import TokenKind
+
+    src = VLMSource(model, processor, layer=layer, keep_kinds=["start", "text", "image"])
+    acts, seq, kind = [], [], []
+    with tqdm(total=len(records), desc=f"layer {layer} activations", disable=not progress, unit="conv") as bar:
+        for batch in src.batches(list(records), batch_size):
+            acts.append(batch.acts.float())
+            seq.append(batch.input_id)
+            kind.append(batch.kind.clone())
+            bar.update(len(batch.records))
+    rows = SequenceRows(torch.cat(acts), torch.cat(seq), torch.cat(kind), labels)
+    last = torch.ones_like(rows.seq, dtype=torch.bool)
+    last[:-1] = rows.seq[1:] != rows.seq[:-1]
+    rows.kind[last] = int(TokenKind.END)  # the prompt's closing [SEP]
+    return rows
+
+
+def fast_batches(rows: SequenceRows, batch_rows: int = 1024) -> Iterator[torch.Tensor]:
+    """FAST: every token of every conversation, in sequence order, cut into ``batch_rows``; repeats."""
+    while True:
+        for start in range(0, rows.acts.shape[0] - batch_rows + 1, batch_rows):
+            yield rows.acts[start : start + batch_rows]
+
+
+def shuffled_batches(rows: SequenceRows, batch_rows: int = 1024, seed: int = 0) -> Iterator[torch.Tensor]:
+    """Token bag: the non-special rows in a fresh random order each pass; repeats."""
+    bag = rows.acts[~rows.special]
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        for idx in torch.randperm(bag.shape[0], generator=g).split(batch_rows):
+            if idx.numel() == batch_rows:
+                yield bag[idx]
+
+
+def fvu_by_kind(sae, rows: SequenceRows) -> dict[str, float]:
+    """Held-out FVU over all rows and per kind of token (image, text, special)."""
+    from ..eval.sae import reconstruction_metrics
+    from ..store import TokenKind
+
+    groups = {"all": torch.ones_like(rows.special), "image": rows.kind == TokenKind.IMAGE,
+              "text": rows.kind == TokenKind.TEXT, "special": rows.special}
+    with torch.no_grad():
+        return {name: reconstruction_metrics(sae, rows.acts[m].split(4096))["fvu"] for name, m in groups.items()}
+
+
+def train_variant(variant: str, rows: SequenceRows, hook: str, n_latents: int, k: int, samples: int, seed: int,
+                  run_dir: Path, model_name: str):
+    from ..sae import SAEConfig
+    from ..train import TrainConfig, train_sae
+
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown training variant {variant!r}; expected one of {VARIANTS}")
+    batches = fast_batches(rows) if variant == "fast" else shuffled_batches(rows, seed=seed)
+    tokens = "every token, special ones included, whole sequences in order" if variant == "fast" else \
+        "image and text tokens (no [CLS] / closing [SEP]), shuffled"
+    cfg = SAEConfig(d_in=rows.acts.shape[1], n_latents=n_latents, k=k, hook=hook, model=model_name,
+                    extra={"training": variant, "tokens": tokens,
+                           "conversations": f"{len(rows.labels)} Fashion-MNIST train images with training phrasings"})
+    torch.manual_seed(seed)
+    return train_sae(cfg, TrainConfig(out_dir=str(run_dir / variant), total_samples=samples, seed=seed, checkpoint_every=0), batches)
+
+
+def build_concepts(sae, vqa, out: Path | None = None, per_class: int = 200, seed: int = 0, top_n: int = TOP_N,
+                   tokens: str = SELECT_TOKENS, progress: bool = True):
+    """The ten class concepts: each class's training images against the other classes' images,
+    all asked the same training category questions."""
+    from ..control.sauce import select_concepts
+    from . import captions
+    from .data import load_fashion_mnist
+    from .vqa import fashion_images_to_pil
+
+    images, labels = load_fashion_mnist("train")
+    g = torch.Generator().manual_seed(seed + 1)
+    order = torch.randperm(len(images), generator=g)
+    examples = {}
+    for c, name in enumerate(captions.CLASS_NAMES):
+        idx = order[labels[order] == c][:per_class]
+        examples[name] = fashion_images_to_pil(images[idx])
+    questions = list(captions.TRAIN_CATEGORY_QUESTIONS)
+    cs = select_concepts(vqa.model, vqa.processor, sae, examples, questions, top_n=top_n, tokens=tokens, progress=progress)
+    if out is not None:
+        cs.save(out / "concepts.json")
+    return cs
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=None, help=f"output folder (default: assets/zoo/{SAE_DIR})")
+    parser.add_argument("--layer", type=int, default=LAYER, help=f"Llama decoder layer to hook (default: {LAYER})")
+    parser.add_argument("--n-latents", type=int, default=1024)
+    parser.add_argument("--k", type=int, default=16)
+    parser.add_argument("--conversations", type=int, default=12_000, help="training conversations (one per train image)")
+    parser.add_argument("--heldout", type=int, default=2_000, help="held-out conversations for the FVU comparison")
+    parser.add_argument("--samples", type=int, default=1_500_000, help="training rows per variant")
+    parser.add_argument("--variants", default="fast,shuffled", help="comma-separated variants to train and compare")
+    parser.add_argument("--ship", choices=["best", *VARIANTS], default="best",
+                        help="which variant to save in --out (best: lowest held-out FVU over all tokens)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--concepts-only", action="store_true", help="keep the SAE in --out, rebuild its concept set")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+
+    from ..sae import SparseAutoencoder
+    from ..sources.vlm import decoder_layers_path
+    from . import VQA_DIR, load_fashion_vqa, zoo_dir
+
+    out = Path(args.out) if args.out else zoo_dir() / SAE_DIR
+    vqa = load_fashion_vqa()
+    if args.concepts_only:
+        sae = SparseAutoencoder.from_pretrained(out)
+        cs = build_concepts(sae, vqa, out, seed=args.seed)
+        print(json.dumps({n: len(c.features) for n, c in cs.concepts.items()}))
+        return 0
+    variants = args.variants.split(",")
+    hook = f"{decoder_layers_path(vqa.model)}.{args.layer}"
+    start = time.perf_counter()
+    train_rows = collect(vqa.model, vqa.processor, *conversations("train", args.conversations, args.seed), layer=args.layer)
+    held_rows = collect(vqa.model, vqa.processor, *conversations("test", args.heldout, args.seed + 1), layer=args.layer)
+    print(f"{train_rows.acts.shape[0]} training rows, {held_rows.acts.shape[0]} held-out rows "
+          f"in {time.perf_counter() - start:.0f}s", flush=True)
+    run_dir = Path("runs/zoo-vqa-sae")
+    summary: dict = {"layer": args.layer, "hook": hook, "n_latents": args.n_latents, "k": args.k,
+                     "train_conversations": args.conversations, "heldout_conversations": args.heldout,
+                     "samples": args.samples, "heldout_fvu": {}}
+    saes = {}
+    for v in variants:
+        saes[v] = train_variant(v, train_rows, hook, args.n_latents, args.k, args.samples, args.seed, run_dir,
+                                f"zoo {VQA_DIR}").eval()
+        summary["heldout_fvu"][v] = fvu_by_kind(saes[v], held_rows)
+        print(v, json.dumps(summary["heldout_fvu"][v]), flush=True)
+    ship = min(saes, key=lambda v: summary["heldout_fvu"][v]["all"]) if args.ship == "best" else args.ship
+    summary["shipped"] = ship
+    saes[ship].save_pretrained(out)
+    sae = SparseAutoencoder.from_pretrained(out)
+    build_concepts(sae, vqa, out, seed=args.seed)
+    (out / "training.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
