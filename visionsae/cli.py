@@ -44,6 +44,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("concepts",): ("visionsae.concepts.command", "Build or calibrate a concept set (features + zero-shot classifier thresholds)."),
     ("erase",): ("visionsae.control.erase_command", "Generate with concepts erased (ItD) next to the stock pipeline."),
     ("eval", "erasure"): ("visionsae.eval.erasure", "ItD erasure on the zoo: judge accuracy, pixel identity, classifier recall, latency, memory."),
+    ("eval", "unlearning"): ("visionsae.eval.unlearning", "SAUCE unlearning on the zoo VQA: unlearned / other class accuracy, footwear answers (JSON)."),
     ("eval", "sae"): (
         "visionsae.eval.sae",
         "SAE quality: FVU, L0, dead/dense, AFA check, dark matter, stability, planted recovery, concept agreement.",
