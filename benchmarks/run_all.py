@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, tuple[str, str, list[str], list[str]]] = {
     "peer_sparsify": ("peers", "benchmarks.peer_sparsify", [], ["--samples", "204800"]),
     "store_read": ("project", "benchmarks.store_read", [], []),
     "audit_throughput": ("project", "benchmarks.audit_throughput", [], ["--images", "64", "--repeats", "1"]),
+    "app_latency": ("project", "benchmarks.app_latency", [], ["--requests", "3"]),
 }
 
 
