@@ -210,10 +210,10 @@ class ItDStableDiffusionXLPipeline(_ItDMixin, StableDiffusionXLPipeline):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, sae=None, concepts=None, sae_2=None, concepts_2=None,
-                        erase: Sequence[str] | None = None, **kwargs):
+                        erase: Sequence[str] | None = None, mode: str = "zero", value: float = 0.0, **kwargs):
         pipe = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         if sae is not None or sae_2 is not None:
-            pipe.set_eraser(sae, concepts, sae_2, concepts_2, erase)
+            pipe.set_eraser(sae, concepts, sae_2, concepts_2, erase, mode=mode, value=value)
         return pipe
 
     @classmethod

@@ -35,10 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", action="append", default=None, help="a prompt (repeat; default: ten prompts across classes)")
     parser.add_argument("--out-dir", default="runs/demo", help="where demo.png and decisions.json go (default: runs/demo)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first image; prompt i uses seed + i")
-    parser.add_argument("--mode", choices=["zero", "scale"], default="scale",
-                        help="deactivate by zeroing the features or scaling them by --value (default: scale)")
-    parser.add_argument("--value", type=float, default=-3.0,
-                        help="factor of --mode scale (default: -3; on the zoo, zeroing alone leaves most sneakers drawn)")
+    from .zoo.text_sae import add_erase_arguments
+
+    add_erase_arguments(parser)
     parser.add_argument("--planted", action="store_true", help="train an SAE on planted data and report what it recovered")
 
 

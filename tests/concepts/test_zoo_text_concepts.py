@@ -75,3 +75,25 @@ def test_erasing_on_the_real_encoder(zoo_text):
     h = captured["h"]
     scores = ConceptClassifier(sae, concepts, ["sneaker"]).classify(h)[0][:, 0]
     assert (scores < concepts["sneaker"].threshold).all(), scores
+
+
+def test_erasure_edits_the_broader_features_only_of_flagged_concepts(zoo_text, tmp_path):
+    sae, concepts, src = zoo_text
+    sneaker, bag = concepts["sneaker"], concepts["bag"]
+    # the erasure covers the classifier's features and those shared with related classes
+    assert set(sneaker.features) < set(sneaker.erased)
+    cs = concepts.subset(["sneaker", "bag"])
+    assert ConceptSet.load(cs.save(tmp_path / "c.json"))["sneaker"].edit_features == sneaker.edit_features
+    classifier = ConceptClassifier(sae, cs)
+    assert classifier.feature_ids.tolist() == sorted(set(sneaker.erased) | set(bag.erased))
+    ids = src.tokenizer(["a photo of a sneaker", "a photo of a handbag", "a red car on a street"], padding="max_length",
+                        max_length=src.tokenizer.model_max_length, return_tensors="pt").input_ids
+    captured = {}
+    layer = src.model.get_submodule(concepts.hook)
+    handle = layer.register_forward_hook(lambda m, i, o: captured.setdefault("h", o[0] if isinstance(o, tuple) else o))
+    with torch.no_grad():
+        src.model(ids)
+    handle.remove()
+    mask = classifier.gate(captured["h"], sae.encode(captured["h"]))  # [3 prompts, F edit features]
+    chosen = [set(classifier.feature_ids[row].tolist()) for row in mask]
+    assert chosen == [set(sneaker.erased), set(bag.erased), set()]

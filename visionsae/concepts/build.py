@@ -47,6 +47,7 @@ def build_concept_set(
     percentile: float = 99.5,
     max_features: int | None = 32,
     others_as_keep: bool = True,
+    broad_edit: bool = False,
     progress: bool = True,
 ) -> ConceptSet:
     """Select and calibrate every concept (see the module docstring).
@@ -55,6 +56,12 @@ def build_concept_set(
     concept's features must also be rare in the other concepts' prompts, and its
     false-positive rate counts the other concepts' held-out prompts too
     (``calibration['fpr_other_concepts']``).
+
+    With ``broad_edit`` (and ``others_as_keep``), each concept's ``edit_features`` are its
+    features plus those selected against the keep prompts alone: the classifier tells the
+    classes apart with the specific features, while an erasure also removes the features a
+    class shares with related classes ("footwear", "a pair of"), which would otherwise let the
+    generator draw the nearest related class.
     """
     missing = sorted(set(concept_prompts) - set(heldout_prompts))
     if missing:
@@ -64,6 +71,7 @@ def build_concept_set(
     cs = ConceptSet(hook, sae_fingerprint(sae), sae.n_latents, {}, score)
     keep_scores_all = None
     selected: dict[str, tuple[list[int], list[float]]] = {}
+    edit_features: dict[str, list[int]] = {}
     stats = {name: prompt_stats(sae, source, prompts, top_n, progress=False) for name, prompts in concept_prompts.items()}
     for name in concept_prompts:
         negatives = [keep] + ([stats[o] for o in stats if o != name] if others_as_keep else [])
@@ -71,6 +79,9 @@ def build_concept_set(
         if not ids:
             raise ValueError(f"no feature of this SAE is specific to concept {name!r}; give more or clearer prompts")
         selected[name] = (ids, scores)
+        if broad_edit and others_as_keep:
+            broad, _ = select_features(stats[name], [keep], method, min_frequency, keep_tolerance, percentile, max_features)
+            edit_features[name] = sorted(set(ids) | set(broad))
     names = list(selected)
     groups = [torch.tensor(selected[n][0]) for n in names]
     keep_scores_all = score_prompts(sae, source, keep_heldout, groups, score)
@@ -91,6 +102,7 @@ def build_concept_set(
             name, ids, scores, cal["threshold"], cal,
             {"method": method, "top_n": top_n, "min_frequency": min_frequency, "keep_tolerance": keep_tolerance,
              "percentile": percentile, "max_features": max_features, "prompts": len(concept_prompts[name]),
-             "keep_prompts": len(keep_prompts)},
+             "keep_prompts": len(keep_prompts), "broad_edit": bool(broad_edit and others_as_keep)},
+            edit_features.get(name),
         )
     return cs

@@ -85,9 +85,10 @@ def metrics(positive: torch.Tensor, negative: torch.Tensor, threshold: float) ->
 class ConceptClassifier:
     """Classifies inputs by concept from the SAE code; doubles as a FeatureEdit gate.
 
-    ``gate(h, code)`` returns ``[B, F]``: for each input, which of the union's features
-    (:attr:`feature_ids`) belong to a concept the input was flagged for. Every call's
-    decisions are kept in :attr:`decisions` (one dict per input).
+    ``gate(h, code)`` returns ``[B, F]``: for each input, which of the union's edit features
+    (:attr:`feature_ids`; a concept's ``edit_features``, else its classifier features) belong
+    to a concept the input was flagged for. Every call's decisions are kept in
+    :attr:`decisions` (one dict per input).
     """
 
     def __init__(self, sae: SparseAutoencoder, concepts: ConceptSet, names: Sequence[str] | None = None,
@@ -104,11 +105,12 @@ class ConceptClassifier:
             if not c.features:
                 raise ValueError(f"concept {n!r} has no features")
         self.skip_first = skip_first
-        self.feature_ids = feature_union(concepts, self.names)  # [F]
+        self.feature_ids = feature_union(concepts, self.names, edit=True)  # [F]: what an edit changes
         self._groups = [torch.tensor(concepts[n].features, dtype=torch.long) for n in self.names]
         self._thresholds = torch.tensor([concepts[n].threshold for n in self.names])
-        # [C, F]: which union features belong to each concept
-        self._membership = torch.stack([torch.isin(self.feature_ids, g) for g in self._groups])
+        # [C, F]: which edit features belong to each concept
+        erased = [torch.tensor(concepts[n].erased, dtype=torch.long) for n in self.names]
+        self._membership = torch.stack([torch.isin(self.feature_ids, g) for g in erased])
         self.decisions: list[dict[str, dict[str, float | bool]]] = []
 
     def scores(self, h: torch.Tensor, code: SparseCode) -> torch.Tensor:

@@ -52,6 +52,15 @@ class Concept:
     """How the threshold was set: target recall, measured recall / FPR, prompt counts."""
     selection: dict[str, Any] = field(default_factory=dict)
     """How the features were selected (method and its parameters)."""
+    edit_features: list[int] | None = None
+    """Latent ids to deactivate when the concept is erased (None: ``features``). May be broader
+    than the classifier's features: features the concept shares with related concepts carry it
+    too ("footwear" for sneaker), although they cannot tell the concepts apart."""
+
+    @property
+    def erased(self) -> list[int]:
+        """The ids an edit of this concept changes."""
+        return self.features if self.edit_features is None else self.edit_features
 
 
 @dataclass
@@ -119,7 +128,7 @@ class ConceptSet:
             raise ValueError(f"{path} is not a concept set: {exc}") from exc
 
 
-def feature_union(concepts: ConceptSet, names: list[str]) -> torch.Tensor:
-    """Sorted unique feature ids of the named concepts."""
-    ids = sorted({f for n in names for f in concepts[n].features})
+def feature_union(concepts: ConceptSet, names: list[str], edit: bool = False) -> torch.Tensor:
+    """Sorted unique feature ids of the named concepts (their edit features with ``edit``)."""
+    ids = sorted({f for n in names for f in (concepts[n].erased if edit else concepts[n].features)})
     return torch.tensor(ids, dtype=torch.long)

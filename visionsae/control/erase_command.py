@@ -21,8 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concepts-2", default=None, help="SDXL: concept set JSON for --sae-2")
     parser.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several)")
     parser.add_argument("--erase", default=None, help="comma-separated concepts to erase (default: every concept of the set)")
-    parser.add_argument("--mode", choices=["zero", "scale"], default="zero", help="zero the features, or scale them by --value (default: zero)")
-    parser.add_argument("--value", type=float, default=0.0, help="factor of --mode scale, e.g. -3 (default: 0)")
+    parser.add_argument("--mode", choices=["zero", "scale"], default=None,
+                        help="zero the features, or scale them by --value (default: zero; for the zoo its measured "
+                             "setting, scale by -6)")
+    parser.add_argument("--value", type=float, default=None, help="factor of --mode scale, e.g. -3 (default: 0; zoo: -6)")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     parser.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first image; prompt i uses seed + i")
@@ -45,6 +47,15 @@ def run(args: argparse.Namespace) -> int:
     erase = [s.strip() for s in args.erase.split(",")] if args.erase else None
     settings: dict = {}
     if args.model == "zoo":
+        from ..zoo.text_sae import ERASE_MODE, ERASE_VALUE
+
+        mode = args.mode or ERASE_MODE
+        value = args.value if args.value is not None else (ERASE_VALUE if mode == "scale" else 0.0)
+    else:
+        mode, value = args.mode or "zero", 0.0 if args.value is None else args.value
+    if mode == "scale" and value == 0.0:
+        raise CLIError("--mode scale needs a --value (a negative factor such as -3)")
+    if args.model == "zoo":
         from ..zoo import load_fashion_pipeline, zoo_dir
         from ..zoo.text_sae import SAE_DIR
 
@@ -52,15 +63,16 @@ def run(args: argparse.Namespace) -> int:
         settings = dict(stock.zoo_settings)
         pipe = ItDStableDiffusionPipeline.wrap(stock, args.sae or zoo_dir() / SAE_DIR,
                                                args.concepts or zoo_dir() / SAE_DIR / "concepts.json", erase,
-                                               mode=args.mode, value=args.value)
+                                               mode=mode, value=value)
     elif args.sae_2 or args.concepts_2:
         pipe = ItDStableDiffusionXLPipeline.from_pretrained(args.model, sae=args.sae, concepts=args.concepts,
-                                                            sae_2=args.sae_2, concepts_2=args.concepts_2, erase=erase).to(args.device)
+                                                            sae_2=args.sae_2, concepts_2=args.concepts_2, erase=erase,
+                                                            mode=mode, value=value).to(args.device)
     else:
         if not args.sae or not args.concepts:
             raise CLIError("--sae and --concepts are needed for a model other than the zoo")
         pipe = ItDStableDiffusionPipeline.from_pretrained(args.model, sae=args.sae, concepts=args.concepts, erase=erase,
-                                                         mode=args.mode, value=args.value).to(args.device)
+                                                         mode=mode, value=value).to(args.device)
     if args.steps is not None:
         settings["num_inference_steps"] = args.steps
     if args.guidance_scale is not None:
