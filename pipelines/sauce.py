@@ -104,3 +104,20 @@ class SAUCELlavaForConditionalGeneration(LlavaForConditionalGeneration):
             # the SAE follows the model's device; it keeps its own dtype (the edit casts back)
             self._unlearner.edit.sae.to(self.device)
         return out
+
+
+def _register_key_mapping() -> None:
+    """transformers 5 renames LLaVA checkpoint keys (saved in the legacy layout:
+    ``language_model.lm_head`` ...) only for its own classes and for names registered with it;
+    register this subclass under LLaVA's mapping so ``from_pretrained`` loads every weight.
+    (transformers 4 reads the inherited ``_checkpoint_conversion_mapping`` instead.)"""
+    try:
+        from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
+    except ImportError:
+        return
+    mapping = get_checkpoint_conversion_mapping("llava")
+    if mapping is not None:
+        register_checkpoint_conversion_mapping(SAUCELlavaForConditionalGeneration.__name__, mapping, overwrite=True)
+
+
+_register_key_mapping()

@@ -27,7 +27,7 @@ DEFAULT_SETS = ("sneaker", "sneaker,bag,trouser")
 BARS = {"target_accuracy_max": 0.10, "other_drop_points_max": 3.0, "footwear_change_points_max": 3.0}
 
 
-def test_images(per_class: int):
+def eval_images(per_class: int):
     """The first ``per_class`` Fashion-MNIST test images of each class (PIL) and their labels."""
     from ..zoo import NUM_CLASSES
     from ..zoo.data import load_fashion_mnist
@@ -79,7 +79,7 @@ def evaluate(unlearn_sets: Sequence[Sequence[str]] = tuple(s.split(",") for s in
     stock = load_fashion_vqa()
     sae = SparseAutoencoder.from_pretrained(zoo_dir() / SAE_DIR)
     concepts = ConceptSet.load(zoo_dir() / SAE_DIR / "concepts.json")
-    images, labels = test_images(per_class)
+    images, labels = eval_images(per_class)
     names = [CLASS_NAMES[c] for c in labels]
     cat_q, foot_q = category_questions(len(images)), footwear_question()
     feet = YES_NO_ATTRIBUTES["footwear"][0]

@@ -1,0 +1,72 @@
+"""SAUCE on the trained zoo VQA: a small real sample of `visionsae eval unlearning`.
+
+The shipped layer SAE reconstructs held-out conversations; unlearning "sneaker" through the
+drop-in model stops the model naming sneakers on sneaker test images, while the other
+classes' answers and the footwear question on them stay as they were.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from pipelines.sauce import SAUCELlavaForConditionalGeneration
+from visionsae.concepts import ConceptSet
+from visionsae.eval.unlearning import category_questions, eval_images, footwear_question
+from visionsae.sae import SparseAutoencoder
+from visionsae.zoo import CLASS_NAMES, load_fashion_vqa, zoo_dir
+from visionsae.zoo.vqa import FashionVQA
+from visionsae.zoo.vqa_sae import SAE_DIR, UNLEARN_MODE, UNLEARN_TOKENS, UNLEARN_VALUE, collect, conversations, fvu_by_kind
+
+PER_CLASS = 20
+HELDOUT_FVU_BAR = 0.02  # measured 0.0048 over 2000 held-out conversations (training.json)
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    torch.set_num_threads(1)
+    folder = zoo_dir() / SAE_DIR
+    return load_fashion_vqa(), SparseAutoencoder.from_pretrained(folder), ConceptSet.load(folder / "concepts.json")
+
+
+def test_shipped_sae_is_fast_trained_and_reconstructs_heldout_conversations(zoo):
+    vqa, sae, concepts = zoo
+    concepts.check_sae(sae)
+    assert sae.cfg.hook == concepts.hook == "model.language_model.layers.2"
+    assert sae.cfg.extra["training"] == "fast"
+    summary = json.loads((zoo_dir() / SAE_DIR / "training.json").read_text())
+    assert summary["heldout_fvu"]["fast"]["all"] < summary["heldout_fvu"]["shuffled"]["all"]
+    rows = collect(vqa.model, vqa.processor, *conversations("test", 64, seed=7), progress=False)
+    fvu = fvu_by_kind(sae, rows)
+    assert fvu["all"] < HELDOUT_FVU_BAR, fvu
+    assert set(CLASS_NAMES) == set(concepts.names())
+
+
+def test_unlearning_sneaker_on_real_test_images(zoo):
+    vqa, sae, concepts = zoo
+    images, labels = eval_images(PER_CLASS)
+    names = [CLASS_NAMES[c] for c in labels]
+    questions = category_questions(len(images))
+    stock = vqa.ask(images, questions)
+    stock_feet = vqa.ask(images, footwear_question())
+    model = SAUCELlavaForConditionalGeneration.wrap(vqa.model, sae, concepts, ["sneaker"], tokens=UNLEARN_TOKENS,
+                                                    mode=UNLEARN_MODE, value=UNLEARN_VALUE)
+    unlearned = FashionVQA(model, vqa.processor)
+    answers = unlearned.ask(images, questions)
+    feet = unlearned.ask(images, footwear_question())
+    target = [n == "sneaker" for n in names]
+    target_acc = sum(a == "sneaker" for a, t in zip(answers, target) if t) / sum(target)
+    assert sum(a == "sneaker" for a, t in zip(stock, target) if t) / sum(target) >= 0.9  # the model knew them
+    assert target_acc <= 0.10
+    assert not any("sneaker" in a for a in answers)
+    other = [not t for t in target]
+    n_other = sum(other)
+    stock_acc = sum(a == n for a, n, o in zip(stock, names, other) if o) / n_other
+    acc = sum(a == n for a, n, o in zip(answers, names, other) if o) / n_other
+    assert acc >= stock_acc - 0.03, (stock_acc, acc)  # measured: +0.8 points on 100 images per class
+    changed = sum(a != b for a, b, o in zip(feet, stock_feet, other) if o) / n_other
+    assert changed <= 0.03, changed
+    model.unlearning_enabled = False
+    assert unlearned.ask(images[:32], questions[:32]) == stock[:32]
