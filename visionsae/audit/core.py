@@ -208,12 +208,13 @@ def extract_set(source, image_set: ImageSet, store_dir: Path, cfg: AuditConfig) 
     return ActivationStore.open(store_dir)
 
 
-def train_audit_sae(store: ActivationStore, out_dir: Path, cfg: AuditConfig) -> SparseAutoencoder:
-    """An RA-SAE (archetypal TopK) trained on the real set's tokens; reused when already there."""
+def train_audit_sae(store: ActivationStore, out_dir: Path, cfg: AuditConfig, dictionary: str = "archetypal") -> SparseAutoencoder:
+    """An RA-SAE (archetypal TopK) trained on the real set's tokens; reused when already there.
+    (``dictionary="linear"`` trains the plain TopK SAE of the same size, for comparisons.)"""
     from ..train import Trainer
     from ..train.config import TrainConfig
 
-    sae_cfg = SAEConfig(d_in=store.d_in, n_latents=cfg.sae_latents, k=cfg.sae_k, dictionary="archetypal",
+    sae_cfg = SAEConfig(d_in=store.d_in, n_latents=cfg.sae_latents, k=cfg.sae_k, dictionary=dictionary,
                         hook=store.hook, model=str(store.source.get("model")),
                         extra={"audit": "trained on the real set", "kinds": cfg.kinds or "all"})
     final = out_dir / "sae"
@@ -379,8 +380,21 @@ def concept_table(real: SetStats, gen: SetStats, cfg: AuditConfig) -> dict[str, 
         o = o[torch.argsort(key[o].double(), stable=True)]
         return o
 
-    suppressed_order = order(hi + 1e-6 * delta)
-    exaggerated_order = order(-(lo + 1e-6 * delta))
+    by_bound_suppressed = order(hi + 1e-6 * delta)
+    by_bound_exaggerated = order(-(lo + 1e-6 * delta))
+    # The ranking: flagged concepts first, by the energy the generator misses (suppressed) or
+    # adds (exaggerated) -- a strong, frequent concept that vanishes outranks a rare texture
+    # that vanishes -- then the unflagged ones by their interval bound.
+    gap = e_r - e_g
+    low_flag, high_flag = delta < cfg.t_low, delta > cfg.t_high
+
+    def flagged_first(by_bound: torch.Tensor, flag: torch.Tensor, severity: torch.Tensor) -> torch.Tensor:
+        f = by_bound[flag[by_bound]]
+        f = f[torch.argsort(-severity[f], stable=True)]
+        return torch.cat([f, by_bound[~flag[by_bound]]])
+
+    suppressed_order = flagged_first(by_bound_suppressed, low_flag, gap)
+    exaggerated_order = flagged_first(by_bound_exaggerated, high_flag, -gap)
     return {
         "energy_real": e_r.tolist(),
         "energy_generated": e_g.tolist(),
@@ -389,10 +403,12 @@ def concept_table(real: SetStats, gen: SetStats, cfg: AuditConfig) -> dict[str, 
         "delta_high": hi.tolist(),
         "support": support.tolist(),
         "supported": ok.tolist(),
-        "suppressed": [int(k) for k in suppressed_order if delta[k] < cfg.t_low],
-        "exaggerated": [int(k) for k in exaggerated_order if delta[k] > cfg.t_high],
+        "suppressed": [int(k) for k in suppressed_order if low_flag[k]],
+        "exaggerated": [int(k) for k in exaggerated_order if high_flag[k]],
         "rank_suppressed": suppressed_order.tolist(),
         "rank_exaggerated": exaggerated_order.tolist(),
+        "rank_suppressed_by_bound": by_bound_suppressed.tolist(),
+        "rank_exaggerated_by_bound": by_bound_exaggerated.tolist(),
     }
 
 

@@ -155,13 +155,17 @@ def write_report(result, path: str | os.PathLike, *, real, generated, sae: Spars
     m = cfg["top_images"]
     body = [f"<h1>Blindspot audit</h1><p>Real set <b>{html.escape(real.name)}</b> ({len(real.items)} images) against "
             + ", ".join(f"<b>{html.escape(g.name)}</b> ({len(g.items)})" for g in generated)
-            + f". Concepts: {result.sae.get('n_latents')} latents of a {html.escape(str(result.sae.get('dictionary')))} SAE "
-            f"(k={result.sae.get('k')}, hook {html.escape(str(result.sae.get('hook')))}). "
+            + f". Concepts: the {result.sae.get('n_latents')} latents of an SAE ({html.escape(str(result.sae.get('dictionary')))} "
+            f"dictionary, k={result.sae.get('k')}, hook {html.escape(str(result.sae.get('hook')))}). "
             f"delta = E_gen / (E_gen + E_real); suppressed below {cfg['t_low']}, exaggerated above {cfg['t_high']}; "
             f"{int(cfg['confidence'] * 100)}% bootstrap intervals ({cfg['bootstrap']} replicates, paired by caption); "
             f"concepts firing in fewer than {cfg['min_support']} images are not ranked.</p>"]
     for g in generated:
         t = result.concepts[g.name]
+        paired: dict[str, list[int]] = {}  # caption key -> generated images of it
+        if g.keys is not None and real.keys is not None:
+            for j, key in enumerate(g.keys):
+                paired.setdefault(key, []).append(j)
         deltas = [d for d, s in zip(t["delta"], t["supported"]) if s]
         body.append(f"<h2>{html.escape(g.name)}</h2><p>{len(deltas)} ranked concepts; {len(t['suppressed'])} suppressed, "
                     f"{len(t['exaggerated'])} exaggerated.</p><div class='plots'>"
@@ -177,6 +181,10 @@ def write_report(result, path: str | os.PathLike, *, real, generated, sae: Spars
                         s = sets[set_name]
                         cap = f"{set_name} #{i}" + (f": {s.captions[i]}" if s.captions else "")
                         tiles.append(_tile(s.items[i], heat[set_name](i, k), cap))
+                        if set_name == real.name and side == "suppressed" and paired:
+                            # what the generator drew for the same caption
+                            for j in paired.get(real.keys[i], [])[:1]:
+                                tiles.append(_tile(g.items[j], heat[g.name](j, k), f"{g.name} #{j}, same caption"))
                 flag = "flagged" if (t["delta"][k] is not None and ((side == "suppressed" and t["delta"][k] < cfg["t_low"]) or (side == "exaggerated" and t["delta"][k] > cfg["t_high"]))) else "not flagged"
                 group = ""
                 if real.name in result.groups:

@@ -113,12 +113,20 @@ def planted_sets(out_dir: Path, per_class: int, *, suppress: str = "sneaker", ex
             jobs.append((k if r == 0 else f"{k}~{r}", k, cap, g, seed * 1_000_003 + 7 * i + r))
     t0 = time.perf_counter()
     gen_rgb: dict[str, np.ndarray] = {}
+    # images of an earlier run with the same setting are reused (the generation is deterministic)
+    setting = {"per_class": per_class, "suppress": suppress, "exaggerate": exaggerate, "factor": factor,
+               "copy_class": copy_class, "seed": seed, "second_generator": second_generator}
+    stamp = out_dir / "images" / "setting.json"
+    if stamp.exists() and json.loads(stamp.read_text()) == setting:
+        return _reuse(out_dir, real, jobs, keys, captions, groups, copy_key_of(keys, groups, copy_class), setting, suppress,
+                      exaggerate, factor, copy_class)
+    stamp.unlink(missing_ok=True)
     for pipe, which in ((stock, [j for j in jobs if j[3] != suppress]), (erased, [j for j in jobs if j[3] == suppress])):
         if which:
             rgb = _generate(pipe, [j[2] for j in which], [j[4] for j in which], settings, batch,
                             "generate (ItD-erased)" if pipe is erased else "generate", progress)
             gen_rgb.update({j[0]: im for j, im in zip(which, rgb)})
-    copy_key = next(k for k, g in zip(keys, groups) if g == copy_class)
+    copy_key = copy_key_of(keys, groups, copy_class)
     noise = np.random.default_rng(seed).normal(0, 2.0, (32, 32, 1))  # faint noise, as a re-encoded copy would carry
     from PIL import Image
 
@@ -132,9 +140,29 @@ def planted_sets(out_dir: Path, per_class: int, *, suppress: str = "sneaker", ex
         rgb = _generate(stock, [j[1] for j in plain_jobs], [j[3] for j in plain_jobs], settings, batch, "generate (plain)", progress)
         items = [_save(im, out_dir / "images" / "zoo-plain" / f"{j[0]}.png") for j, im in zip(plain_jobs, rgb)]
         generated.append(ImageSet("zoo-plain", items, [j[0] for j in plain_jobs], [j[1] for j in plain_jobs], [j[2] for j in plain_jobs]))
+    stamp.write_text(json.dumps(setting))
     truth = {"suppressed": suppress, "exaggerated": exaggerate, "factor": factor, "copy_generated_id": jobs.index(
         next(j for j in jobs if j[0] == copy_key)), "copy_real_id": keys.index(copy_key), "copy_class": copy_class,
         "generation_seconds": seconds, "generated_images": len(jobs)}
+    return real, generated, truth
+
+
+def copy_key_of(keys, groups, copy_class: str) -> str:
+    """The caption key whose generated image is replaced by a copy of its real image."""
+    return next(k for k, g in zip(keys, groups) if g == copy_class)
+
+
+def _reuse(out_dir, real, jobs, keys, captions, groups, copy_key, setting, suppress, exaggerate, factor, copy_class):
+    from ..audit import ImageSet
+
+    items = [str(out_dir / "images" / "zoo" / f"{j[0]}.png") for j in jobs]
+    generated = [ImageSet("zoo", items, [j[1] for j in jobs], [j[2] for j in jobs], [j[3] for j in jobs])]
+    if setting["second_generator"]:
+        generated.append(ImageSet("zoo-plain", [str(out_dir / "images" / "zoo-plain" / f"{k}.png") for k in keys],
+                                  list(keys), list(captions), list(groups)))
+    truth = {"suppressed": suppress, "exaggerated": exaggerate, "factor": factor,
+             "copy_generated_id": [j[0] for j in jobs].index(copy_key), "copy_real_id": keys.index(copy_key),
+             "copy_class": copy_class, "generation_seconds": None, "generated_images": len(jobs)}
     return real, generated, truth
 
 
@@ -157,10 +185,12 @@ def class_ranks(result, truth: dict, generator: str = "zoo", purity: float = 0.5
         order = table[f"rank_{side}"]
         owners = [owner_of(k) for k in order]
         rank = next((i + 1 for i, o in enumerate(owners) if o == cls), None)
+        by_bound = [owner_of(k) for k in table[f"rank_{side}_by_bound"]]
         flagged = table[side]
         out[side] = {
             "class": cls,
             "rank_of_first_class_concept": rank,
+            "rank_by_interval_bound_alone": next((i + 1 for i, o in enumerate(by_bound) if o == cls), None),
             "ranked_concepts": len(order),
             "class_concepts": sum(1 for k in range(len(owner)) if owner_of(k) == cls and table["supported"][k]),
             f"top{top}_owners": owners[:top],
@@ -219,6 +249,10 @@ def evaluate(out_dir: str | Path = "runs/eval-audit", per_class: int = 50, *, se
 
         first = SparseAutoencoder.from_pretrained(out / "audit" / "sae-train" / "sae")
         report_json["stability"] = {k: v for k, v in stability_of([first, other]).items() if k != "pairs"}
+        # the same two seeds with a linear dictionary (plain TopK), for comparison
+        linear = [train_audit_sae(store, out / "audit" / f"sae-train-linear-seed{s}", AuditConfig(**{**cfg.to_dict(), "seed": s}),
+                                  dictionary="linear") for s in (cfg.seed, cfg.seed + 1)]
+        report_json["stability_linear"] = {k: v for k, v in stability_of(linear).items() if k != "pairs"}
     if report:
         from ..audit.report import write_report
 
