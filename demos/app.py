@@ -11,7 +11,7 @@ stock and the erased image side by side (same seed), the classifier's verdict pe
 that activate it most. A prompt the classifier does not flag gives the stock image, bit for bit.
 
 **Ask** (VQA, zoo only): ask the zoo's LLaVA about an uploaded image or a Fashion-MNIST
-test image.
+test image, and the same model with concepts unlearned (SAUCE), side by side.
 
 **Blindspot audit**: open a report written by ``visionsae audit`` (shown in a sandboxed
 frame), or run a small audit of the zoo generator with its planted blindspots
@@ -40,7 +40,7 @@ ELEM = {  # element ids the browser tests (and anyone scripting the page) rely o
     "prompt": "prompt", "concepts": "concepts", "new_name": "new-concept-name", "new_examples": "new-concept-examples",
     "mode": "edit-mode", "strength": "strength", "seed": "seed", "steps": "steps", "erase": "erase-button",
     "status": "erase-status", "stock": "stock-image", "erased": "erased-image", "verdict": "verdict",
-    "features": "features", "vqa_file": "vqa-file", "vqa_sample": "vqa-sample", "vqa_question": "vqa-question",
+    "features": "features", "vqa_file": "vqa-file", "vqa_sample": "vqa-sample", "vqa_question": "vqa-question", "vqa_unlearn": "vqa-unlearn",
     "vqa_ask": "vqa-ask", "vqa_preview": "vqa-preview", "vqa_answer": "vqa-answer", "audit_file": "audit-file",
     "audit_open": "audit-open", "audit_per_class": "audit-per-class", "audit_run": "audit-run",
     "audit_status": "audit-status", "audit_report": "audit-report",
@@ -81,8 +81,9 @@ def build_ui(eraser: Eraser, asker: Asker | None = None, auditor: Auditor | None
     import gradio as gr
 
     with gr.Blocks(title="visionsae: see and erase concepts") as ui:
-        gr.Markdown("# visionsae\nSparse-autoencoder features of the text encoder: find a concept in a prompt and "
-                    "erase it (ItD, *Interpret then Deactivate*). Prompts without the concept pass through untouched.")
+        gr.Markdown("# visionsae\nSparse-autoencoder features as concepts: erase a concept from a text-to-image "
+                    "model (ItD, *Interpret then Deactivate*: prompts without it pass through untouched), unlearn one "
+                    "in a vision-language model (SAUCE), find a generator's blindspots.")
         _erase_tab(gr, eraser)
         if asker is not None:
             _vqa_tab(gr, asker)
@@ -135,29 +136,36 @@ def _erase_tab(gr, eraser: Eraser) -> None:
 
 
 def _vqa_tab(gr, asker: Asker) -> None:
-    def run_ask(path, sample, question):
+    def run_ask(path, sample, question, unlearn):
         try:
             image = asker.read_image(path, sample)
-            answer = asker.ask(image, question)
+            stock, unlearned = asker.ask(image, question, unlearn)
         except Exception as exc:
             return None, _shown(exc, "VQA")
-        return display_image(image), f"**Answer:** {answer}"
+        text = f"**Stock model:** {stock}"
+        if unlearned is not None:
+            text += f"\n\n**With {', '.join(unlearn)} unlearned:** {unlearned}"
+        return display_image(image), text
 
+    concepts = asker.concepts()
     with gr.Tab("Ask about an image (VQA)"):
         gr.Markdown("The zoo's vision-language model (a tiny LLaVA trained on Fashion-MNIST) answers short questions "
-                    "about an image. Unlearning a concept in it (SAUCE) is not wired into this tab yet.")
+                    "about an image, as it is and with concepts unlearned (SAUCE: their SAE features in a middle "
+                    "language-model layer are suppressed, so it stops recognising them and answers the rest as before).")
         with gr.Row():
             with gr.Column():
                 upload = gr.File(label="Upload an image", elem_id=ELEM["vqa_file"], type="filepath")
                 sample = gr.Dropdown(list(asker.samples()), value=None, label="Or a Fashion-MNIST test image",
                                      elem_id=ELEM["vqa_sample"])
                 question = gr.Textbox(label="Question", value="What is in this image?", elem_id=ELEM["vqa_question"])
+                unlearn = gr.CheckboxGroup(concepts.names() if concepts else [], value=[], label="Concepts to unlearn",
+                                           elem_id=ELEM["vqa_unlearn"], visible=concepts is not None)
                 ask = gr.Button("Ask", variant="primary", elem_id=ELEM["vqa_ask"])
             with gr.Column():
                 preview = gr.Image(label="What the model was shown", format="png", interactive=False,
                                    elem_id=ELEM["vqa_preview"])
                 answer = gr.Markdown(elem_id=ELEM["vqa_answer"])
-        ask.click(run_ask, [upload, sample, question], [preview, answer], api_name="ask")
+        ask.click(run_ask, [upload, sample, question, unlearn], [preview, answer], api_name="ask")
 
 
 def _report_frame(page: str) -> str:

@@ -401,14 +401,30 @@ def error_text(exc: BaseException) -> str:
 
 @dataclass
 class Asker:
-    """The VQA back end: the zoo's fashion LLaVA, loaded on the first question."""
+    """The VQA back end: the zoo's fashion LLaVA, loaded on the first question, and the same
+    model with concepts unlearned (SAUCE, the zoo VQA's layer SAE and class concepts, at the
+    setting ``visionsae eval unlearning`` measured)."""
 
     device: str = "cpu"
 
     def __post_init__(self) -> None:
         self._vqa = None
+        self._sauce = None  # a SAUCELlavaForConditionalGeneration sharing the stock model's modules
+        self._sae = None
         self._samples: dict[str, Any] | None = None
+        self._concepts = None
         self._lock = threading.Lock()
+
+    def concepts(self):
+        """The zoo VQA's concept set (one concept per class), or None when it is not installed."""
+        if self._concepts is None:
+            from visionsae.concepts import ConceptSet
+            from visionsae.zoo import zoo_dir
+            from visionsae.zoo.vqa_sae import SAE_DIR
+
+            path = zoo_dir() / SAE_DIR / "concepts.json"
+            self._concepts = ConceptSet.load(path) if path.exists() else False
+        return self._concepts or None
 
     def samples(self) -> dict[str, Any]:
         """The first Fashion-MNIST test image of each class (empty when the dataset is not installed)."""
@@ -446,17 +462,48 @@ class Asker:
             return Image.fromarray(self.samples()[sample]).convert("RGB")
         raise AppError("Upload an image or pick a sample image first.")
 
-    def ask(self, image, question: str) -> str:
+    def ask(self, image, question: str, unlearn: Sequence[str] | None = None) -> tuple[str, str | None]:
+        """(the stock model's answer, the answer with ``unlearn`` unlearned, or None without any)."""
         if not isinstance(question, str) or not question.strip():
             raise AppError("The question is empty: ask e.g. 'What is in this image?'.")
         if len(question) > 200:
             raise AppError(f"The question is {len(question)} characters long; keep it under 200.")
+        unlearn = [n for n in (unlearn or []) if n]
+        if unlearn:
+            cs = self.concepts()
+            if cs is None:
+                raise AppError("This installation has no concept set for the VQA model (assets/zoo/fashion-vqa-sae), "
+                               "so nothing can be unlearned.")
+            unknown = [n for n in unlearn if n not in cs.concepts]
+            if unknown:
+                raise AppError(f"Unknown concept {unknown[0]!r} to unlearn; the VQA model's concept set has "
+                               f"{', '.join(cs.names())}.")
+        question = question.strip()
         with self._lock:
             if self._vqa is None:
                 from visionsae.zoo import load_fashion_vqa
 
                 self._vqa = load_fashion_vqa(device=self.device)
-            return self._vqa.ask([image], question.strip())[0]
+            stock = self._vqa.ask([image], question)[0]
+            if not unlearn:
+                return stock, None
+            return stock, self._unlearned_vqa(unlearn).ask([image], question)[0]
+
+    def _unlearned_vqa(self, unlearn: Sequence[str]):
+        from pipelines.sauce import SAUCELlavaForConditionalGeneration
+        from visionsae.sae import SparseAutoencoder
+        from visionsae.zoo import zoo_dir
+        from visionsae.zoo.vqa import FashionVQA
+        from visionsae.zoo.vqa_sae import SAE_DIR, UNLEARN_MODE, UNLEARN_TOKENS, UNLEARN_VALUE
+
+        setting = dict(tokens=UNLEARN_TOKENS, mode=UNLEARN_MODE, value=UNLEARN_VALUE)
+        if self._sauce is None:
+            self._sae = SparseAutoencoder.from_pretrained(zoo_dir() / SAE_DIR).to(self.device).eval()
+            self._sauce = SAUCELlavaForConditionalGeneration.wrap(self._vqa.model, self._sae, self.concepts(),
+                                                                  list(unlearn), **setting)
+        elif self._sauce.unlearned != list(unlearn):
+            self._sauce.set_unlearning(self._sae, self.concepts(), list(unlearn), **setting)
+        return FashionVQA(self._sauce, self._vqa.processor)
 
 
 # --------------------------------------------------------------------------- blindspot audit

@@ -230,13 +230,19 @@ def test_a_new_concept_typed_with_examples_is_selected_and_erased(app, page):
     assert "'sneaker' is already in the concept set" in page.locator("#erase-status").inner_text()
 
 
-def test_vqa_answers_about_a_sample_image_and_refuses_a_file_that_is_no_image(app, page, tmp_path):
+def test_vqa_answers_about_a_sample_image_with_and_without_unlearning_and_refuses_a_non_image(app, page, tmp_path):
     page.get_by_role("tab", name="Ask about an image (VQA)").click()
     page.locator("#vqa-sample input").click()
-    page.get_by_role("option", name="ankle boot", exact=False).click()
+    page.get_by_role("option", name="sneaker (test image").click()
+    page.locator("#vqa-unlearn").get_by_label("sneaker", exact=True).check()
     page.locator("#vqa-ask").click()
-    page.locator("#vqa-answer").get_by_text("Answer:").wait_for()
-    assert page.locator("#vqa-answer").inner_text().strip() == "Answer: ankle boot"
+    _wait_answer(page, "#vqa-answer", "")
+    stock, unlearned = page.locator("#vqa-answer").inner_text().strip().split("\n\n")
+    # the stock model recognises the sneaker; with sneaker unlearned (SAUCE) it no longer does
+    assert stock == "Stock model: sneaker"
+    assert unlearned.startswith("With sneaker unlearned: ")
+    answer = unlearned.removeprefix("With sneaker unlearned: ")
+    assert answer and "sneaker" not in answer
     assert page.locator("#vqa-preview img").count() == 1
 
     bad = tmp_path / "photo.png"
@@ -251,12 +257,14 @@ def test_vqa_answers_about_a_sample_image_and_refuses_a_file_that_is_no_image(ap
 
 def test_unknown_concept_is_refused_by_name(app):
     """The page offers only the set's concepts; a scripted request naming another is refused."""
-    from demos.app_backend import AppError, error_text
+    from demos.app_backend import AppError, Asker, error_text
 
     eraser, _ = app
     with pytest.raises(AppError, match="Unknown concept 'cat'; this model's concept set has t-shirt") as info:
         eraser.erase("a photo of a cat", ["cat"])
     assert error_text(info.value).startswith("**Error:** Unknown concept 'cat'")
+    with pytest.raises(AppError, match="Unknown concept 'cat' to unlearn; the VQA model's concept set has t-shirt"):
+        Asker().ask(None, "What is in this image?", ["cat"])
 
 
 @pytest.fixture(scope="module")
