@@ -199,12 +199,26 @@ class SetStats:
 
 
 # ----------------------------------------------------------------------------- extraction
+def inputs_fingerprint(items: Sequence) -> str:
+    """A digest of an image list: each path with its size (in-memory images: their pixels), so a
+    store is resumed only by the same inputs (another list is an error naming the store)."""
+    h = hashlib.sha1()
+    for it in items:
+        if isinstance(it, (str, os.PathLike)):
+            p = Path(it)
+            h.update(f"{p}\0{p.stat().st_size if p.exists() else -1}\0".encode())
+        else:
+            h.update(it.tobytes() if hasattr(it, "tobytes") else repr(it).encode())
+    return h.hexdigest()
+
+
 def extract_set(source, image_set: ImageSet, store_dir: Path, cfg: AuditConfig) -> ActivationStore:
     """The set's activations in a store at ``store_dir`` (resumes a stopped extraction)."""
     from ..sources.extract import extract
 
+    described = {**source.describe(), "audit_set": image_set.name, "inputs_sha1": inputs_fingerprint(image_set.items)}
     extract(source, image_set.items, store_dir, batch_size=cfg.batch_size, shard_rows=cfg.shard_rows,
-            progress=cfg.progress, description={**source.describe(), "audit_set": image_set.name})
+            progress=cfg.progress, description=described)
     return ActivationStore.open(store_dir)
 
 
@@ -216,7 +230,8 @@ def train_audit_sae(store: ActivationStore, out_dir: Path, cfg: AuditConfig, dic
 
     sae_cfg = SAEConfig(d_in=store.d_in, n_latents=cfg.sae_latents, k=cfg.sae_k, dictionary=dictionary,
                         hook=store.hook, model=str(store.source.get("model")),
-                        extra={"audit": "trained on the real set", "kinds": cfg.kinds or "all"})
+                        extra={"audit": "trained on the real set", "kinds": cfg.kinds or "all",
+                               "inputs_sha1": store.source.get("inputs_sha1")})
     final = out_dir / "sae"
     if (final / "cfg.json").exists():
         sae = SparseAutoencoder.from_pretrained(final)
