@@ -39,7 +39,7 @@ class SAUCELlavaForConditionalGeneration(LlavaForConditionalGeneration):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, sae=None, concepts=None,
-                        unlearn: Sequence[str] | None = None, tokens: str = "image", mode: str = "zero",
+                        unlearn: Sequence[str] | None = None, tokens: str = "image", mode: str | None = "zero",
                         value: float = 0.0, hook: str | None = None, **kwargs):
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         if sae is not None or concepts is not None:
@@ -69,9 +69,10 @@ class SAUCELlavaForConditionalGeneration(LlavaForConditionalGeneration):
         return self.__dict__.get("_sauce_unlearner")
 
     def set_unlearning(self, sae, concepts, unlearn: Sequence[str] | None = None, tokens: str = "image",
-                       mode: str = "zero", value: float = 0.0, hook: str | None = None) -> None:
+                       mode: str | None = "zero", value: float = 0.0, hook: str | None = None) -> None:
         """Unlearn the concepts ``unlearn`` (default: all of the set) from now on; replaces
-        any earlier setting. ``tokens``: ``image`` or ``all``; ``mode``: zero, scale, clamp."""
+        any earlier setting. ``tokens``: ``image`` or ``all``; ``mode``: zero, scale, clamp, or
+        None for each concept's calibrated setting."""
         self.remove_unlearning()
         sae = _load_sae(sae).to(self.device)
         unlearner = SAUCEUnlearner(self, sae, _load_concepts(concepts), unlearn, hook=hook, tokens=tokens,
@@ -102,7 +103,8 @@ class SAUCELlavaForConditionalGeneration(LlavaForConditionalGeneration):
         out = super().to(*args, **kwargs)
         if self._unlearner is not None:
             # the SAE follows the model's device; it keeps its own dtype (the edit casts back)
-            self._unlearner.edit.sae.to(self.device)
+            for edit in self._unlearner.edits:
+                edit.sae.to(self.device)
         return out
 
 

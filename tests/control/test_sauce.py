@@ -143,7 +143,7 @@ def test_generation_edits_the_prompt_and_runs_with_the_cache(tiny_llava, sae_and
     unlearner = SAUCEUnlearner(model, sae, cs, tokens="image", mode="scale", value=-8.0).attach()
     try:
         edited = model.generate(**inputs, max_new_tokens=4, do_sample=False)
-        assert unlearner.edit.record.calls == 4  # prefill + 3 cached steps (no image token after the prompt)
+        assert unlearner.edits[0].record.calls == 4  # prefill + 3 cached steps (no image token after the prompt)
     finally:
         unlearner.detach()
     assert edited.shape == stock.shape and not torch.equal(edited, stock)

@@ -70,3 +70,32 @@ def test_unlearning_sneaker_on_real_test_images(zoo):
     assert changed <= 0.03, changed
     model.unlearning_enabled = False
     assert unlearned.ask(images[:32], questions[:32]) == stock[:32]
+
+
+def test_calibration_picks_a_setting_that_spares_other_answers(zoo):
+    """Calibrating sneaker on training images: its features scaled by -4 change the answers
+    about other images, so the calibration must pass that over for the milder -0.5."""
+    import copy
+
+    from visionsae.control.sauce import calibrate_unlearning
+    from visionsae.zoo import captions
+    from visionsae.zoo.data import load_fashion_mnist
+    from visionsae.zoo.vqa import fashion_images_to_pil
+
+    vqa, sae, shipped = zoo
+    concepts = copy.deepcopy(shipped)
+    images, labels = load_fashion_mnist("train")
+    pick = lambda c, n: fashion_images_to_pil(images[(labels == c).nonzero().squeeze(-1)[-n:]])  # noqa: E731
+    sneakers = pick(7, 16)
+    others = [im for c in (5, 9, 0, 8) for im in pick(c, 6)]
+    cat_q = captions.TRAIN_CATEGORY_QUESTIONS
+    foot_q = captions.YES_NO_ATTRIBUTES["footwear"][1][0]
+    result = calibrate_unlearning(vqa.model, sae, concepts, "sneaker", vqa.ask, sneakers, [cat_q[0]] * 16,
+                                  others + others, [cat_q[0]] * len(others) + [foot_q] * len(others),
+                                  feature_counts=(4,), values=(-0.5, -4.0), max_changed=0.05)
+    by_value = {t["value"]: t for t in result["trials"]}
+    assert by_value[-0.5]["named"] <= 0.05 and by_value[-0.5]["passes"]
+    assert by_value[-4.0]["others_changed"] > by_value[-0.5]["others_changed"]
+    assert result["met"] and result["value"] == -0.5 and result["features"] == 4
+    assert concepts["sneaker"].features == shipped["sneaker"].features[:4]
+    assert concepts["sneaker"].calibration is result

@@ -22,7 +22,7 @@ switches it off without touching the model.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -208,17 +208,20 @@ class SAUCEUnlearner:
     ``tokens``: ``image`` edits the image-token positions only, ``all`` every token where a
     chosen feature fires (prompt and generated tokens). ``mode`` / ``value``: ``zero``,
     ``scale`` by ``value`` (negative pushes the features the other way) or ``clamp`` to
-    ``value``. The edit runs only inside calls of ``model`` itself (so a wrapper that shares
-    its layers with another model object does not edit that one); ``enabled`` toggles it.
+    ``value``; ``mode=None`` uses each concept's calibrated setting
+    (:func:`calibrate_unlearning`; ``zero`` for a concept without one). Concepts that share a
+    setting are one :class:`FeatureEdit` over the union of their features. The edits run only
+    inside calls of ``model`` itself (so a wrapper that shares its layers with another model
+    object does not edit that one); ``enabled`` toggles them.
     """
 
     def __init__(self, model: nn.Module, sae: SparseAutoencoder, concepts: ConceptSet, names: Sequence[str] | None = None,
-                 hook: str | None = None, tokens: str = "image", mode: str = "zero", value: float = 0.0,
+                 hook: str | None = None, tokens: str = "image", mode: str | None = "zero", value: float = 0.0,
                  keep_error: bool = True) -> None:
         if tokens not in TOKEN_SCOPES:
             raise ValueError(f"unknown token scope {tokens!r}; expected one of {TOKEN_SCOPES}")
-        if mode not in ("zero", "scale", "clamp"):
-            raise ValueError(f"SAUCE suppresses with mode 'zero', 'scale' or 'clamp', not {mode!r}")
+        if mode not in ("zero", "scale", "clamp", None):
+            raise ValueError(f"SAUCE suppresses with mode 'zero', 'scale' or 'clamp' (or None: calibrated), not {mode!r}")
         concepts.check_sae(sae)
         self.names = list(names) if names is not None else concepts.names()
         if not self.names:
@@ -227,35 +230,53 @@ class SAUCEUnlearner:
         self.tokens = tokens
         self.image_token_id = image_token_id(model) if tokens == "image" else None
         hook = layer_hook(model, hook or concepts.hook or sae.cfg.hook)
-        features = feature_union(concepts, self.names).tolist()
-        spec = EditSpec(features, mode=mode, value=value, tokens="mask" if tokens == "image" else "active", keep_error=keep_error)
-        self.edit = FeatureEdit(model, hook, sae, spec)
-        self.edit.enabled = False  # on only inside the model's own forward
+        groups: dict[tuple[str, float], list[str]] = {}
+        for name in self.names:
+            c = concepts[name]
+            setting = (mode, value) if mode is not None else (c.calibration.get("mode", "zero"), float(c.calibration.get("value", 0.0)))
+            groups.setdefault(setting, []).append(name)
+        self.edits = []
+        for (m, v), group in groups.items():
+            spec = EditSpec(feature_union(concepts, group).tolist(), mode=m, value=v,
+                            tokens="mask" if tokens == "image" else "active", keep_error=keep_error)
+            edit = FeatureEdit(model, hook, sae, spec)
+            edit.enabled = False  # on only inside the model's own forward
+            self.edits.append(edit)
+        self.settings = {n: {"mode": m, "value": v} for (m, v), group in groups.items() for n in group}
         self.enabled = True
         self._handles: list = []
 
     @property
+    def sae(self) -> SparseAutoencoder:
+        return self.edits[0].sae
+
+    @property
     def features(self) -> list[int]:
-        return self.edit._feature_ids.tolist()
+        return sorted({f for e in self.edits for f in e._feature_ids.tolist()})
 
     def _before(self, module, args, kwargs) -> None:
         if not self.enabled:
             return
+        mask = None
         if self.tokens == "image":
             ids = kwargs.get("input_ids", args[0] if args else None)
             if ids is None:
                 raise ValueError("SAUCE on image tokens needs input_ids (it finds the image positions there), "
                                  "not inputs_embeds; pass input_ids or unlearn with tokens='all'")
-            self.edit.token_mask = ids == self.image_token_id  # [B, T]; no image token after the prompt
-        self.edit.enabled = True
+            mask = ids == self.image_token_id  # [B, T]; no image token after the prompt
+        for edit in self.edits:
+            edit.token_mask = mask
+            edit.enabled = True
 
     def _after(self, module, args, kwargs, output) -> None:
-        self.edit.enabled = False
-        self.edit.token_mask = None
+        for edit in self.edits:
+            edit.enabled = False
+            edit.token_mask = None
 
     def attach(self) -> "SAUCEUnlearner":
         if not self._handles:
-            self.edit.attach()
+            for edit in self.edits:
+                edit.attach()
             self._handles = [self.model.register_forward_pre_hook(self._before, with_kwargs=True),
                              self.model.register_forward_hook(self._after, with_kwargs=True, always_call=True)]
         return self
@@ -264,10 +285,64 @@ class SAUCEUnlearner:
         for h in self._handles:
             h.remove()
         self._handles = []
-        self.edit.detach()
+        for edit in self.edits:
+            edit.detach()
 
     def __enter__(self) -> "SAUCEUnlearner":
         return self.attach()
 
     def __exit__(self, *exc) -> None:
         self.detach()
+
+
+# ----------------------------------------------------------------------------- calibration
+Ask = Callable[[Sequence[Any], Sequence[str]], list]
+"""ask(images, questions) -> one answer string per image, through the (hooked) model."""
+
+
+def calibrate_unlearning(model: nn.Module, sae: SparseAutoencoder, concepts: ConceptSet, name: str, ask: Ask,
+                         concept_images: Sequence[Any], concept_questions: Sequence[str], other_images: Sequence[Any],
+                         other_questions: Sequence[str], *, feature_counts: Sequence[int] = (4, 8, 12, 16, 24),
+                         values: Sequence[float] = (-0.5, -1.0, -2.0), mode: str = "scale", tokens: str = "all",
+                         words: Sequence[str] | None = None, max_named: float = 0.05, max_changed: float = 0.02,
+                         progress: bool = False) -> dict:
+    """Choose how many of ``name``'s features (best first) to suppress and how hard.
+
+    Each setting (``feature_counts`` x ``values``) is tried on calibration images: the share
+    of the concept's answers that still name it (any of ``words``, default the concept's
+    name) must be at most ``max_named``, and the share of other images' answers that change
+    at most ``max_changed``; of the settings that pass, the one that changes the fewest other
+    answers wins (then fewer features, then the milder value). The concept in ``concepts``
+    is updated in place (features cut to the chosen count, the setting and its measurements
+    in ``calibration``); the measurements are returned. Use images the evaluation does not.
+    """
+    if len(concept_images) != len(concept_questions) or len(other_images) != len(other_questions):
+        raise ValueError("pass one question per calibration image")
+    concept = concepts[name]
+    words = [w.lower() for w in (words or [name])]
+    stock_other = ask(other_images, other_questions)
+    stock_named = sum(any(w in a for w in words) for a in ask(concept_images, concept_questions)) / max(1, len(concept_images))
+    all_features = list(concept.features)
+    trials = []
+    settings = [(n, v) for n in feature_counts if n <= len(all_features) for v in values]
+    for n, v in tqdm(settings, desc=f"calibrate {name}", disable=not progress, unit="setting"):
+        trial = ConceptSet(concepts.hook, concepts.sae_fingerprint, concepts.n_latents,
+                           {name: Concept(name, all_features[:n], concept.scores[:n])})
+        with SAUCEUnlearner(model, sae, trial, [name], tokens=tokens, mode=mode, value=v):
+            named = sum(any(w in a for w in words) for a in ask(concept_images, concept_questions)) / max(1, len(concept_images))
+            changed = sum(a != b for a, b in zip(ask(other_images, other_questions), stock_other)) / max(1, len(other_images))
+        trials.append({"features": n, "value": v, "named": named, "others_changed": changed,
+                       "passes": named <= max_named and changed <= max_changed})
+    if not trials:
+        raise ValueError(f"concept {name!r} has {len(all_features)} features, fewer than every count in {tuple(feature_counts)}")
+    passing = [t for t in trials if t["passes"]]
+    best = min(passing, key=lambda t: (t["others_changed"], t["features"], abs(t["value"]))) if passing else \
+        min(trials, key=lambda t: (t["named"], t["others_changed"], t["features"], abs(t["value"])))
+    result = {"mode": mode, "value": best["value"], "features": best["features"], "tokens": tokens, "met": bool(passing),
+              "named": best["named"], "named_stock": stock_named, "others_changed": best["others_changed"],
+              "max_named": max_named, "max_changed": max_changed, "concept_images": len(concept_images),
+              "other_images": len(other_images), "trials": trials}
+    concept.features = all_features[: best["features"]]
+    concept.scores = concept.scores[: best["features"]]
+    concept.calibration = result
+    return result

@@ -59,7 +59,8 @@ def evaluate(unlearn_sets: Sequence[Sequence[str]] = tuple(s.split(",") for s in
              out_dir: str | Path = "runs/eval-unlearning", mode: str | None = None, value: float | None = None,
              tokens: str | None = None, batch: int = 64, progress: bool = True) -> dict:
     """Unlearn each set of ``unlearn_sets`` in turn and measure it (see the module docstring).
-    ``mode`` / ``value`` / ``tokens`` default to the zoo's measured setting."""
+    ``mode`` None: each class's calibrated setting (the zoo's default); ``tokens`` defaults to
+    the zoo's."""
     from tqdm import tqdm
 
     from pipelines.sauce import SAUCELlavaForConditionalGeneration
@@ -69,10 +70,9 @@ def evaluate(unlearn_sets: Sequence[Sequence[str]] = tuple(s.split(",") for s in
     from ..zoo import CLASS_NAMES, load_fashion_vqa, zoo_dir
     from ..zoo.captions import YES, NO, YES_NO_ATTRIBUTES
     from ..zoo.vqa import FashionVQA
-    from ..zoo.vqa_sae import SAE_DIR, UNLEARN_MODE, UNLEARN_TOKENS, UNLEARN_VALUE
+    from ..zoo.vqa_sae import SAE_DIR, UNLEARN_TOKENS, UNLEARN_VALUE
 
-    mode = UNLEARN_MODE if mode is None else mode
-    value = UNLEARN_VALUE if value is None else value
+    value = UNLEARN_VALUE if value is None else value  # mode None: each class's calibrated setting
     tokens = UNLEARN_TOKENS if tokens is None else tokens
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -96,7 +96,7 @@ def evaluate(unlearn_sets: Sequence[Sequence[str]] = tuple(s.split(",") for s in
     base_cat, base_foot, base_seconds = ask_all(stock, "stock")
     report: dict = {
         "images_per_class": per_class, "category_questions": sorted(set(cat_q)), "footwear_question": foot_q,
-        "edit": {"mode": mode, "value": value, "tokens": tokens, "layer_hook": concepts.hook},
+        "edit": {"mode": mode or "calibrated", "value": value if mode else None, "tokens": tokens, "layer_hook": concepts.hook},
         "stock_category_accuracy": _share([a == n for a, n in zip(base_cat, names)]),
         "stock_footwear_accuracy": _share([a == t for a, t in zip(base_foot, foot_truth)]),
         "bars": BARS, "runs": [],
@@ -124,6 +124,7 @@ def evaluate(unlearn_sets: Sequence[Sequence[str]] = tuple(s.split(",") for s in
         run = {
             "unlearned": unlearn,
             "features": len(model._unlearner.features),
+            "settings": model._unlearner.settings,
             "target_accuracy_stock": acc(base_cat, names, target),
             "target_accuracy_unlearned": acc(cat, names, target),
             "target_answers_naming_own_class": _share([n in a for a, n, t in zip(cat, names, target) if t]),
@@ -165,8 +166,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: sneaker, then sneaker,bag,trouser)")
     parser.add_argument("--per-class", type=int, default=100, help="test images per class (default: 100)")
     parser.add_argument("--out", default="runs/eval-unlearning", help="folder for unlearning.json")
-    parser.add_argument("--mode", choices=["zero", "scale", "clamp"], default=UNLEARN_MODE,
-                        help=f"how the concept features are suppressed (default: {UNLEARN_MODE})")
+    parser.add_argument("--mode", choices=["calibrated", "zero", "scale", "clamp"], default=UNLEARN_MODE or "calibrated",
+                        help="how the concept features are suppressed; calibrated: each class's own feature count and "
+                             f"scale, from its concept set (default: {UNLEARN_MODE or 'calibrated'})")
     parser.add_argument("--value", type=float, default=UNLEARN_VALUE,
                         help=f"factor of --mode scale, value of --mode clamp (default: {UNLEARN_VALUE:g})")
     parser.add_argument("--tokens", choices=list(TOKEN_SCOPES), default=UNLEARN_TOKENS,
@@ -184,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown classes {unknown}; the zoo's classes are {list(CLASS_NAMES)}")
     if args.per_class < 1:
         raise ValueError(f"--per-class must be >= 1, got {args.per_class}")
-    report = evaluate(sets, args.per_class, args.out, args.mode, args.value, args.tokens, args.batch)
+    mode = None if args.mode == "calibrated" else args.mode
+    report = evaluate(sets, args.per_class, args.out, mode, args.value, args.tokens, args.batch)
     print(json.dumps(report, indent=2))
     return 0

@@ -33,16 +33,21 @@ import torch
 LAYER = 2
 """Index of the hooked Llama decoder layer (its output: the residual stream after it)."""
 SAE_DIR = "fashion-vqa-sae"
-# How SAUCE suppresses a class on the zoo (measured by `visionsae eval unlearning`).
-UNLEARN_MODE = "scale"
-UNLEARN_VALUE = -0.5
+# How SAUCE suppresses a class on the zoo: each class's calibrated number of features and
+# negative scale (``calibrate_unlearning`` on training images), on every token where they fire.
+# One setting does not fit all: sneaker's first 8 features at -0.5 remove it, but at -2 they
+# also flip "does this go on your feet?" on sandals and boots; bag needs -2.
+UNLEARN_MODE = None
+UNLEARN_VALUE = 0.0
 UNLEARN_TOKENS = "all"
 SELECT_TOKENS = "image"
 """Concept features are selected on the image tokens (what the image shows): text-token
 features selected the same way also carry answers to other questions (suppressing the
 sneaker's flips "does this go on your feet?" from yes to no on sandals and boots)."""
-TOP_N = 8
-"""Features kept per class concept (more pulls in features sneakers share with other footwear)."""
+FEATURE_COUNTS = (4, 8, 12, 16, 24)
+"""Feature counts the calibration tries (each class's best features first)."""
+VALUES = (-0.5, -1.0, -2.0)
+"""Negative scales the calibration tries."""
 VARIANTS = ("fast", "shuffled")
 
 
@@ -157,11 +162,13 @@ def train_variant(variant: str, rows: SequenceRows, hook: str, n_latents: int, k
     return train_sae(cfg, TrainConfig(out_dir=str(run_dir / variant), total_samples=samples, seed=seed, checkpoint_every=0), batches)
 
 
-def build_concepts(sae, vqa, out: Path | None = None, per_class: int = 200, seed: int = 0, top_n: int = TOP_N,
-                   tokens: str = SELECT_TOKENS, progress: bool = True):
-    """The ten class concepts: each class's training images against the other classes' images,
-    all asked the same training category questions."""
-    from ..control.sauce import select_concepts
+def build_concepts(sae, vqa, out: Path | None = None, per_class: int = 200, calibration_per_class: int = 40,
+                   seed: int = 0, progress: bool = True):
+    """The ten class concepts: each class's training images against the other classes'
+    images, all asked the same training category questions; then each class's unlearning
+    setting calibrated on other training images (category questions on the class's images;
+    category and footwear questions on the other classes')."""
+    from ..control.sauce import calibrate_unlearning, select_concepts
     from . import captions
     from .data import load_fashion_mnist
     from .vqa import fashion_images_to_pil
@@ -169,12 +176,23 @@ def build_concepts(sae, vqa, out: Path | None = None, per_class: int = 200, seed
     images, labels = load_fashion_mnist("train")
     g = torch.Generator().manual_seed(seed + 1)
     order = torch.randperm(len(images), generator=g)
-    examples = {}
+    examples, held = {}, {}
     for c, name in enumerate(captions.CLASS_NAMES):
-        idx = order[labels[order] == c][:per_class]
-        examples[name] = fashion_images_to_pil(images[idx])
-    questions = list(captions.TRAIN_CATEGORY_QUESTIONS)
-    cs = select_concepts(vqa.model, vqa.processor, sae, examples, questions, top_n=top_n, tokens=tokens, progress=progress)
+        idx = order[labels[order] == c]
+        examples[name] = fashion_images_to_pil(images[idx[:per_class]])
+        held[name] = fashion_images_to_pil(images[idx[per_class : per_class + calibration_per_class]])
+    cat_q = list(captions.TRAIN_CATEGORY_QUESTIONS)
+    cs = select_concepts(vqa.model, vqa.processor, sae, examples, cat_q, top_n=max(FEATURE_COUNTS), tokens=SELECT_TOKENS,
+                         seed=seed, progress=progress)
+    foot_q = captions.YES_NO_ATTRIBUTES["footwear"][1][0]
+    n_other = max(1, calibration_per_class // 4)
+    for name in captions.CLASS_NAMES:
+        mine = held[name]
+        others = [im for other in captions.CLASS_NAMES if other != name for im in held[other][:n_other]]
+        other_q = [cat_q[i % len(cat_q)] for i in range(len(others))] + [foot_q] * len(others)
+        calibrate_unlearning(vqa.model, sae, cs, name, vqa.ask, mine, [cat_q[i % len(cat_q)] for i in range(len(mine))],
+                             others + others, other_q, feature_counts=FEATURE_COUNTS, values=VALUES, tokens=UNLEARN_TOKENS,
+                             progress=progress)
     if out is not None:
         cs.save(out / "concepts.json")
     return cs
@@ -206,7 +224,8 @@ def main(argv=None) -> int:
     if args.concepts_only:
         sae = SparseAutoencoder.from_pretrained(out)
         cs = build_concepts(sae, vqa, out, seed=args.seed)
-        print(json.dumps({n: len(c.features) for n, c in cs.concepts.items()}))
+        print(json.dumps({n: {k: c.calibration[k] for k in ("features", "value", "met", "named", "others_changed")}
+                          for n, c in cs.concepts.items()}))
         return 0
     variants = args.variants.split(",")
     hook = f"{decoder_layers_path(vqa.model)}.{args.layer}"
