@@ -182,3 +182,23 @@ def test_select_concepts_from_images_round_trips_as_json(tiny_llava, sae_and_con
     loaded = ConceptSet.load(cs.save(tmp_path / "concepts.json"))
     assert loaded.concepts["dark"].features == cs.concepts["dark"].features
     loaded.check_sae(sae)
+
+
+def test_calibrated_settings_group_concepts_into_edits(tiny_llava, sae_and_concepts):
+    import copy
+
+    model, processor = tiny_llava
+    sae, cs = sae_and_concepts
+    cs = copy.deepcopy(cs)
+    cs["a"].calibration = {"mode": "scale", "value": -2.0}
+    cs["b"].calibration = {"mode": "scale", "value": -0.5}
+    unlearner = SAUCEUnlearner(model, sae, cs, tokens="all", mode=None)
+    assert unlearner.settings == {"a": {"mode": "scale", "value": -2.0}, "b": {"mode": "scale", "value": -0.5}}
+    assert [e.spec.value for e in unlearner.edits] == [-2.0, -0.5]
+    assert [sorted(e._feature_ids.tolist()) for e in unlearner.edits] == [cs["a"].features, cs["b"].features]
+    assert len(SAUCEUnlearner(model, sae, cs, tokens="all", mode="zero").edits) == 1  # one setting, one edit
+    inputs = _inputs(processor)
+    base_h, _ = _layer_output(model, inputs)
+    with unlearner:
+        h, _ = _layer_output(model, inputs)
+    assert not torch.equal(h, base_h)

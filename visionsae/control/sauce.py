@@ -16,8 +16,13 @@ At inference (:class:`SAUCEUnlearner`) the concepts' features are suppressed on 
 tokens only (``tokens="image"``) or wherever they fire (``"all"``) — zeroed, scaled by a
 negative factor or clamped — with the SAE's reconstruction error kept. It is one
 :class:`FeatureEdit`, ungated; the token mask of the image policy is read from each call's
-``input_ids``. Several concepts are one edit over the union of their features; ``enabled``
-switches it off without touching the model.
+``input_ids``. Concepts that share a setting are one edit over the union of their features;
+``enabled`` switches it off without touching the model.
+
+How many of a concept's features to suppress and how hard is a per-concept choice
+(:func:`calibrate_unlearning`): on calibration images, the mildest setting that stops the
+answers naming the concept while leaving other images' answers as they were. On the zoo one
+setting does not fit every class (measured in ``visionsae.zoo.vqa_sae``).
 """
 
 from __future__ import annotations
