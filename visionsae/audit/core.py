@@ -335,22 +335,29 @@ def _read_descriptors(path: Path, dim: int, block: int):
 
 
 def memorisation(real_file: Path, gen_file: Path, dim: int, mean: torch.Tensor, ratio: float, neighbours: int,
-                 block: int = 2048, keep: int = 20) -> dict:
+                 gen_block: int = 1024, real_block: int = 256, keep: int = 20) -> dict:
     """Nearest real images (cosine of centred descriptors) of every generated image, streamed
     block by block over both files; the ``keep`` generated images with the smallest distance
-    ratio (nearest / mean of the next ``neighbours``), flagged when at most ``ratio``."""
+    ratio (nearest / mean of the next ``neighbours``), flagged when at most ``ratio``.
+
+    Memory is a few ``block x dim`` arrays whatever the number of images (the real file is
+    read once per block of generated images, in smaller blocks).
+    """
     scores, nearest, sims, gen_ids = [], [], [], []
     m = neighbours + 1
-    for gids, g in _read_descriptors(gen_file, dim, block):
-        g = F.normalize(g - mean, dim=1)
+    for gids, g in _read_descriptors(gen_file, dim, gen_block):
+        g = F.normalize(g.sub_(mean), dim=1)
         top = torch.full((len(gids), m), -2.0)
         arg = torch.full((len(gids),), -1, dtype=torch.int64)
-        for rids, r in _read_descriptors(real_file, dim, block):
-            s = g @ F.normalize(r - mean, dim=1).T  # [gen block, real block]
+        for rids, r in _read_descriptors(real_file, dim, real_block):
+            s = g @ F.normalize(r.sub_(mean), dim=1).T  # [gen block, real block]
+            del r
             v, i = s.max(1)
             better = v > top[:, 0]
             arg[better] = rids[i[better]]
             top = torch.cat([top, s], 1).topk(min(m, top.shape[1] + s.shape[1]), dim=1).values[:, :m]
+            del s
+        del g
         dist = 1 - top.clamp(-1, 1)
         valid = top[:, 1:] > -2
         others = (dist[:, 1:] * valid).sum(1) / valid.sum(1).clamp_min(1)
