@@ -104,13 +104,11 @@ class Eraser:
     def from_paths(cls, model: str, sae: str, concepts: str, device: str = "cpu",
                    label_prompts: Sequence[str] | None = None) -> "Eraser":
         """A Stable Diffusion 1.x / 2.x pipeline (folder or Hugging Face id) with an SAE and concept set."""
-        import torch
-
         from pipelines.itd import ItDStableDiffusionPipeline
         from visionsae.concepts import ConceptSet
         from visionsae.sae import SparseAutoencoder
 
-        pipe = ItDStableDiffusionPipeline.from_pretrained(model, torch_dtype=torch.float32).to(device)
+        pipe = ItDStableDiffusionPipeline.from_pretrained(model).to(device)  # float32: diffusers' default dtype
         pipe.set_progress_bar_config(disable=True)
         sae_model = SparseAutoencoder.from_pretrained(sae).to(device).eval()
         cs = ConceptSet.load(concepts)

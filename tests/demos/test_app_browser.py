@@ -102,6 +102,13 @@ def _wait_answer(pg: Page, elem: str, before: str) -> None:
         }""", arg=[elem, before])
 
 
+def _upload(pg: Page, elem: str, path: Path) -> None:
+    """Upload ``path`` through the file component ``elem`` and wait until the server holds it
+    (its download link appears; the file name alone also shows while it is still uploading)."""
+    pg.locator(f"#{elem} input[type=file]").set_input_files(str(path))
+    pg.locator(f'#{elem} a[download="{path.name}"]').wait_for()
+
+
 def _shown_image(pg: Page, elem: str) -> np.ndarray:
     """The pixels of the image an output component shows, fetched from the app as the browser did."""
     from PIL import Image
@@ -247,8 +254,7 @@ def test_vqa_answers_about_a_sample_image_with_and_without_unlearning_and_refuse
 
     bad = tmp_path / "photo.png"
     bad.write_text("these bytes are not a picture")
-    page.locator("#vqa-file input[type=file]").set_input_files(str(bad))
-    page.locator("#vqa-file").get_by_text("photo.png").wait_for()
+    _upload(page, "vqa-file", bad)
     page.locator("#vqa-ask").click()
     page.locator("#vqa-answer").get_by_text("Could not read").wait_for()
     assert "'photo.png' as an image" in page.locator("#vqa-answer").inner_text()
@@ -301,16 +307,14 @@ def test_audit_tab_opens_a_report_and_refuses_another_page(page, audit_report, t
     page.get_by_role("tab", name="Blindspot audit").click()
     other = tmp_path / "notes.html"
     other.write_text("<html><body><h1>My holiday</h1></body></html>")
-    page.locator("#audit-file input[type=file]").set_input_files(str(other))
-    page.locator("#audit-file").get_by_text("notes.html", exact=True).wait_for()
+    _upload(page, "audit-file", other)
     page.locator("#audit-open").click()
     _wait_answer(page, "#audit-status", "")
     assert "'notes.html' is not a blindspot audit report" in page.locator("#audit-status").inner_text()
     assert page.locator("#audit-report iframe").count() == 0
 
     page.locator("#audit-file button[aria-label*='Clear'], #audit-file button[aria-label*='Remove']").first.click()
-    page.locator("#audit-file input[type=file]").set_input_files(str(audit_report))
-    page.locator("#audit-file").get_by_text("report.html", exact=True).wait_for()
+    _upload(page, "audit-file", audit_report)
     before = page.locator("#audit-status [data-testid=markdown]").inner_text().strip()
     page.locator("#audit-open").click()
     _wait_answer(page, "#audit-status", before)
