@@ -231,6 +231,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.sae or not args.concepts:
             raise ValueError("--sae and --concepts are needed for a model other than the zoo")
         eraser = Eraser.from_paths(args.model, args.sae, args.concepts, args.device, labels)
+    print(f"Labelling the SAE's features with their top prompts ({len(eraser.label_prompts)} prompts)...", flush=True)
+    eraser.feature_labels([])  # once, now, rather than in the first user's request
     asker = Asker(args.device) if args.vqa and args.model == "zoo" else None
     auditor = Auditor(args.audit_dir) if args.audit else None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
