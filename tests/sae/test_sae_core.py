@@ -44,6 +44,43 @@ def test_sparse_kernels_match_plain_autograd(rule_cls):
         torch.testing.assert_close(fast, plain, msg=f"gradient of {name} differs")
 
 
+@pytest.mark.parametrize("rule_cls", [TopK, AbsTopK, BatchTopK])
+def test_choosing_in_bfloat16_keeps_exact_values_and_gradients(rule_cls):
+    # training may choose the latents from a bf16 matmul; the chosen values and every
+    # gradient must still be the float32 ones at those latents
+    torch.manual_seed(0)
+    cfg = SAEConfig(d_in=64, n_latents=512, k=8, sparsity=rule_cls.name)
+    x = torch.randn(128, 64, requires_grad=True)
+    W_enc = torch.randn(512, 64, requires_grad=True)
+    b_enc = torch.randn(512, requires_grad=True)
+    W_dec = torch.randn(512, 64, requires_grad=True)
+    target = torch.randn(128, 64)
+    values, indices = sparse_encode(x, W_enc, b_enc, rule_cls(cfg).select, torch.bfloat16)
+    loss = (sparse_decode(values, indices, W_dec) - target).pow(2).sum()
+    grads = torch.autograd.grad(loss, (x, W_enc, b_enc, W_dec))
+
+    pre = torch.addmm(b_enc, x, W_enc.t())  # float32, stock autograd
+    kept = values.detach() != 0
+    reference = pre.gather(1, indices) * kept
+    torch.testing.assert_close(values, reference, rtol=1e-5, atol=1e-5)
+    ref_loss = (plain_decode(reference, indices, W_dec) - target).pow(2).sum()
+    for fast, plain, name in zip(grads, torch.autograd.grad(ref_loss, (x, W_enc, b_enc, W_dec)), ("x", "W_enc", "b_enc", "W_dec")):
+        scale = float(plain.abs().max())  # large losses: compare at float32 rounding of the largest entry
+        torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5 * scale, msg=f"gradient of {name} differs")
+
+    # the choice differs from the exact one only among near-ties of the k-th value
+    exact_values, exact_indices = rule_cls(cfg).select(pre.detach())
+    rough_sets = [set(i[v != 0].tolist()) for v, i in zip(values.detach(), indices)]
+    exact_sets = [set(i[v != 0].tolist()) for v, i in zip(exact_values, exact_indices)]
+    n_exact = sum(map(len, exact_sets))
+    assert n_exact >= 128 * 8 * 0.9  # the rule kept about k per row
+    assert sum(len(a & b) for a, b in zip(rough_sets, exact_sets)) >= 0.9 * n_exact
+    if rule_cls is TopK:  # every chosen latent is within bf16 precision of the exact k-th value
+        kth = pre.detach().topk(8, dim=-1).values[:, -1:]
+        chosen = pre.detach().gather(1, indices)
+        assert bool((chosen >= kth - 2 ** -6 * pre.detach().abs().amax(-1, keepdim=True)).all())
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_decoder_value_gradient_with_repeated_indices(dtype):
     # rules may return a latent twice in a row (padding slots); each slot gets its own gradient

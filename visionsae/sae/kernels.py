@@ -69,10 +69,21 @@ def _rows_weighted_sum(indices: torch.Tensor, weights: torch.Tensor, table: torc
 
 class _SparseEncode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, select: Selector):
+    def forward(ctx, x, weight, bias, select: Selector, select_dtype):
         # x: [B, d_in]; weight: [n_latents, d_in]; bias: [n_latents]
-        pre_acts = torch.addmm(bias, x, weight.t())  # [B, n_latents]
-        values, indices = select(pre_acts)  # [B, k] each; values are 0 where dropped
+        if select_dtype is None or select_dtype == x.dtype:
+            pre_acts = torch.addmm(bias, x, weight.t())  # [B, n_latents]
+            values, indices = select(pre_acts)  # [B, k] each; values are 0 where dropped
+        else:
+            # Choose the latents from a cheaper matmul, then compute their values exactly.
+            rough = torch.addmm(bias.to(select_dtype), x.to(select_dtype), weight.to(select_dtype).t())
+            rough_values, indices = select(rough)
+            del rough
+            exact = _sampled_dots(indices, x, weight) + bias[indices]
+            # Keep what the rule kept, where the exact value agrees in sign (a ReLU rule
+            # drops a latent whose exact pre-activation is not positive).
+            kept = (rough_values != 0) & (torch.sign(exact) == torch.sign(rough_values.to(exact.dtype)))
+            values = exact * kept
         ctx.save_for_backward(x, weight, values, indices)
         ctx.mark_non_differentiable(indices)
         return values, indices
@@ -91,7 +102,7 @@ class _SparseEncode(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             grad_bias = torch.zeros(weight.shape[0], dtype=grad_values.dtype, device=x.device)
             grad_bias.index_add_(0, indices.reshape(-1), grad_values.reshape(-1))
-        return grad_x, grad_weight, grad_bias, None
+        return grad_x, grad_weight, grad_bias, None, None
 
 
 class _SparseDecode(torch.autograd.Function):
@@ -114,9 +125,16 @@ class _SparseDecode(torch.autograd.Function):
         return grad_values, None, grad_weight
 
 
-def sparse_encode(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, select: Selector):
-    """Dense encoder matmul, then ``select`` (a TopK-family rule); sparse backward."""
-    return _SparseEncode.apply(x, weight, bias, select)
+def sparse_encode(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, select: Selector,
+                  select_dtype: torch.dtype | None = None):
+    """Dense encoder matmul, then ``select`` (a TopK-family rule); sparse backward.
+
+    With ``select_dtype`` (e.g. bfloat16) the dense matmul that only *chooses* the latents
+    runs in that precision; the chosen latents' values, and every gradient, are computed in
+    ``x``'s dtype. The choice can differ from the exact one only among latents whose
+    pre-activations are within the cheap precision of the k-th largest.
+    """
+    return _SparseEncode.apply(x, weight, bias, select, select_dtype)
 
 
 def sparse_decode(values: torch.Tensor, indices: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -73,6 +73,9 @@ class SparseAutoencoder(nn.Module):
             self.b_enc.requires_grad_(False)  # the rule sets it (after_step), not the optimizer
         self.dictionary: ArchetypalDictionary | None = None
         self._substituting = False
+        # Precision of the training matmul that only chooses the active latents (the
+        # trainer sets it from TrainConfig.select_dtype); None: the SAE's own dtype.
+        self.select_dtype: torch.dtype | None = None
         if cfg.dictionary == "archetypal":
             self.dictionary = ArchetypalDictionary(
                 n, d, cfg.archetypal_candidates or n, cfg.archetypal_delta, cfg.archetypal_learn_scale,
@@ -176,7 +179,8 @@ class SparseAutoencoder(nn.Module):
         rule = self.rule.bind(self, x_in)
         sparsity_loss = pre = None
         if rule.sparse:
-            values, indices = sparse_encode(x_in, self.W_enc, self.b_enc, rule.select)
+            cheap = self.select_dtype if getattr(rule, "rough_select", False) and torch.is_grad_enabled() else None
+            values, indices = sparse_encode(x_in, self.W_enc, self.b_enc, rule.select, cheap)
             xs_hat = sparse_decode(values, indices, self.W_dec) + self.b_dec
             code = SparseCode(values, indices)
             sparsity_loss = rule.penalty(None, None)

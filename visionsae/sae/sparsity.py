@@ -39,6 +39,10 @@ class SparsityRule(nn.Module):
     # False for rules that set the encoder bias themselves (in ``after_step``) instead of
     # letting the optimizer learn it: the SAE then creates b_enc without a gradient.
     learns_encoder_bias: bool = True
+    # True for rules whose select() chooses latents by the order of their pre-activations
+    # and keeps the chosen ones as they are (up to a ReLU): training may then choose from
+    # a lower-precision matmul and compute the chosen values exactly (kernels.sparse_encode).
+    rough_select: bool = False
 
     def __init__(self, cfg) -> None:
         super().__init__()
@@ -95,6 +99,7 @@ class TopK(SparsityRule):
     """The k largest pre-activations, passed through ReLU (Gao et al. 2024)."""
 
     uses_k = True
+    rough_select = True
 
     def select(self, pre_acts):
         values, indices = pre_acts.topk(min(self.k, pre_acts.shape[-1]), dim=-1, sorted=False)
@@ -110,6 +115,7 @@ class AbsTopK(SparsityRule):
     """The k pre-activations of largest magnitude, sign kept (for signed features)."""
 
     uses_k = True
+    rough_select = True
 
     def select(self, pre_acts):
         _, indices = pre_acts.abs().topk(min(self.k, pre_acts.shape[-1]), dim=-1, sorted=False)
@@ -130,6 +136,7 @@ class BatchTopK(SparsityRule):
     """
 
     uses_k = True
+    rough_select = True  # the threshold then tracks the choosing matmul's values
     momentum = 0.01
 
     def __init__(self, cfg) -> None:
