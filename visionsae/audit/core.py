@@ -226,7 +226,7 @@ def train_audit_sae(store: ActivationStore, out_dir: Path, cfg: AuditConfig, dic
     """An RA-SAE (archetypal TopK) trained on the real set's tokens; reused when already there.
     (``dictionary="linear"`` trains the plain TopK SAE of the same size, for comparisons.)"""
     from ..train import Trainer
-    from ..train.config import TrainConfig
+    from ..train.config import TrainConfig, original_defaults
 
     sae_cfg = SAEConfig(d_in=store.d_in, n_latents=cfg.sae_latents, k=cfg.sae_k, dictionary=dictionary,
                         hook=store.hook, model=str(store.source.get("model")),
@@ -240,7 +240,8 @@ def train_audit_sae(store: ActivationStore, out_dir: Path, cfg: AuditConfig, dic
     kinds = cfg.kinds or None
     rows = store.batches(cfg.sae_batch, seed=cfg.seed, shuffle=True, loop=True, kinds=kinds, drop_last=True)
     train = TrainConfig(out_dir=str(out_dir), total_samples=cfg.sae_samples, seed=cfg.seed, progress=cfg.progress,
-                        checkpoint_every=0, log_every=50, resume=True)
+                        checkpoint_every=0, log_every=50, resume=True,
+                        **original_defaults(sae_cfg.n_latents, cfg.sae_samples))  # the settings the audit's figures were measured with
     return Trainer(sae_cfg, train).fit(rows)
 
 

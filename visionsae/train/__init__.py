@@ -1,6 +1,6 @@
 """Training: a trainer that consumes any iterator of activation batches."""
 
-from .config import TrainConfig, lr_factor
+from .config import TrainConfig, lr_factor, original_defaults
 from .trainer import Trainer, TrainingError, train_sae
 
-__all__ = ["TrainConfig", "Trainer", "TrainingError", "lr_factor", "train_sae"]
+__all__ = ["TrainConfig", "Trainer", "TrainingError", "lr_factor", "original_defaults", "train_sae"]

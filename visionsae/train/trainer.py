@@ -131,7 +131,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         sae = SparseAutoencoder(self.sae_cfg, device=acc.device)
         sae.init_from_data_(first, cfg.b_dec_init)
-        lr = cfg.learning_rate(self.sae_cfg.n_latents)
+        lr = cfg.learning_rate(self.sae_cfg.n_latents, first.shape[0] * world)
+        sae.select_dtype = cfg.select_torch_dtype(sae.W_enc.dtype, sae.W_enc.device)
         opt = _make_optimizer(list(sae.parameters()), lr, cfg)
         last_fired = torch.zeros(self.sae_cfg.n_latents, dtype=torch.int64, device=acc.device)
 
@@ -163,7 +164,7 @@ class Trainer:
             batch = self._check_batch(raw, step)
             for group in opt.param_groups:
                 group["lr"] = lr * lr_factor(step, total_steps, cfg)
-            dead = (samples - last_fired) > cfg.dead_window()
+            dead = (samples - last_fired) > cfg.dead_after_samples
             out = model(batch, dead_mask=dead, aux_k=aux_k)
             loss = out.fvu
             if out.sparsity_loss is not None:
@@ -213,7 +214,7 @@ class Trainer:
                     "fvu": window["fvu"] / n,
                     "l0": window["l0"] / n,
                     "aux_loss": window["aux"] / n,
-                    "dead_fraction": float(((samples - last_fired) > cfg.dead_window()).float().mean()),
+                    "dead_fraction": float(((samples - last_fired) > cfg.dead_after_samples).float().mean()),
                     "lr": opt.param_groups[0]["lr"],
                     "samples_per_s": n * batch_size * world / max(now - t_window, 1e-9),
                     **{name: value / n for name, value in window.items() if name.startswith("loss_")},
@@ -232,10 +233,14 @@ class Trainer:
         if step == 0:
             raise ValueError("no activation batches: the data is empty")
         sae.eval()
+        chosen_in = sae.select_dtype
+        sae.select_dtype = None  # the returned SAE chooses exactly unless a trainer says otherwise
         if acc.is_main_process:
             self._save_checkpoint(sae, opt, last_fired, step, samples)
             sae.save_pretrained(self.out_dir / "sae")
-            atomic_write_bytes(self.out_dir / "train_cfg.json", json.dumps(cfg.to_dict(), indent=2).encode())
+            # the settings as given, and what "None"/"auto" resolved to in this run
+            resolved = {"lr": lr, "select_dtype": str(chosen_in or sae.W_enc.dtype).removeprefix("torch."), "batch_rows": batch_size * world}
+            atomic_write_bytes(self.out_dir / "train_cfg.json", json.dumps({**cfg.to_dict(), "resolved": resolved}, indent=2).encode())
         acc.wait_for_everyone()
         return sae
 

@@ -97,7 +97,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from ..sae import SAEConfig, SparseAutoencoder
-    from ..train import TrainConfig, train_sae
+    from ..train import TrainConfig, original_defaults, train_sae
     from . import zoo_dir
 
     out = Path(args.out) if args.out else zoo_dir() / SAE_DIR
@@ -127,7 +127,9 @@ def main(argv=None) -> int:
     cfg = SAEConfig(d_in=acts.shape[1], n_latents=args.n_latents, k=args.k, hook=HOOK, model="all-MiniLM-L6-v2 (zoo fashion-t2i)",
                     extra={"corpus": f"{len(zoo)} zoo training captions + {len(imagenet)} ImageNet-class prompts"})
     run_dir = Path("runs/zoo-text-sae")
-    sae = train_sae(cfg, TrainConfig(out_dir=str(run_dir), total_samples=args.samples, seed=args.seed), batches())
+    # the settings the shipped SAE was trained with, so this command reproduces it
+    pinned = original_defaults(args.n_latents, args.samples)
+    sae = train_sae(cfg, TrainConfig(out_dir=str(run_dir), total_samples=args.samples, seed=args.seed, **pinned), batches())
     sae.save_pretrained(out)
     sae = SparseAutoencoder.from_pretrained(out)
     metrics = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -148,7 +148,7 @@ def fvu_by_kind(sae, rows: SequenceRows) -> dict[str, float]:
 def train_variant(variant: str, rows: SequenceRows, hook: str, n_latents: int, k: int, samples: int, seed: int,
                   run_dir: Path, model_name: str):
     from ..sae import SAEConfig
-    from ..train import TrainConfig, train_sae
+    from ..train import TrainConfig, original_defaults, train_sae
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown training variant {variant!r}; expected one of {VARIANTS}")
@@ -159,7 +159,8 @@ def train_variant(variant: str, rows: SequenceRows, hook: str, n_latents: int, k
                     extra={"training": variant, "tokens": tokens,
                            "conversations": f"{len(rows.labels)} Fashion-MNIST train images with training phrasings"})
     torch.manual_seed(seed)
-    return train_sae(cfg, TrainConfig(out_dir=str(run_dir / variant), total_samples=samples, seed=seed, checkpoint_every=0), batches)
+    pinned = original_defaults(cfg.n_latents, samples)  # the settings the shipped SAE was trained with
+    return train_sae(cfg, TrainConfig(out_dir=str(run_dir / variant), total_samples=samples, seed=seed, checkpoint_every=0, **pinned), batches)
 
 
 def build_concepts(sae, vqa, out: Path | None = None, per_class: int = 200, calibration_per_class: int = 40,
