@@ -11,7 +11,7 @@ from visionsae.planted import PlantedConfig, PlantedData
 from visionsae.sae import SAEConfig, SparseAutoencoder
 from visionsae.sae.dictionary import kmeans
 from visionsae.train import Trainer
-from visionsae.train.config import TrainConfig
+from visionsae.train.config import TrainConfig, original_defaults
 
 PLANTED = PlantedData(PlantedConfig(d_in=32, n_true=64, mean_active=3, seed=0))
 
@@ -104,8 +104,9 @@ def test_config_rejects_too_few_candidates():
 
 def _trained(dictionary: str, seed: int, tmp_path) -> SparseAutoencoder:
     cfg = SAEConfig(d_in=32, n_latents=64, k=4, dictionary=dictionary, archetypal_candidates=256)
+    # the audit's training settings (visionsae.audit.core.train_audit_sae)
     train = TrainConfig(out_dir=str(tmp_path / f"{dictionary}-{seed}"), total_samples=512 * 300, seed=seed,
-                        checkpoint_every=0, progress=False)
+                        checkpoint_every=0, progress=False, **original_defaults(64, 512 * 300))
     return Trainer(cfg, train).fit(PLANTED.batch(i, 512) for i in range(10**6))
 
 
