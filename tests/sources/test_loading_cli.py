@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from visionsae.audit.command import read_jsonl
 from visionsae.cli import main
 from visionsae.sources import TextEncoderSource, TokenKind
 from visionsae.sources.loading import read_inputs
@@ -84,6 +85,13 @@ def test_inputs_files(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"text": "a"}\nnot json\n')
     with pytest.raises(ValueError, match="bad.jsonl:2"):
         read_inputs(str(tmp_path / "bad.jsonl"))
+    (tmp_path / "list.jsonl").write_text('{"text": "a"}\n["a", "list"]\n')
+    with pytest.raises(ValueError, match=r"list.jsonl:2 is not a JSON object"):
+        read_inputs(str(tmp_path / "list.jsonl"))
+    # the audit's JSONL reads through the same reader and names what a record lacks
+    (tmp_path / "pairs.jsonl").write_text('{"caption": "a bag", "real": "r.png"}\n')
+    with pytest.raises(ValueError, match=r"pairs.jsonl:1: expected an object with 'real' and 'generated'.*\['caption', 'real'\]"):
+        read_jsonl(tmp_path / "pairs.jsonl")
     (tmp_path / "empty.txt").write_text("\n\n")
     with pytest.raises(ValueError, match="no prompts"):
         read_inputs(str(tmp_path / "empty.txt"))

@@ -18,7 +18,6 @@ Extraction is resumable: rerun the same command after a stop and it continues.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 DEFAULT_MODEL = "timm:vit_base_patch14_reg4_dinov2.lvd142m"
@@ -53,6 +52,7 @@ def _listed(value, base: Path, where: str) -> list[str]:
 
 def read_jsonl(path: str | Path):
     """(real ImageSet, [generated ImageSet]) of a JSONL of caption / real / generated records."""
+    from ..sources.loading import read_jsonl_objects
     from .core import ImageSet
 
     p = Path(path)
@@ -60,15 +60,9 @@ def read_jsonl(path: str | Path):
         raise FileNotFoundError(f"JSONL {p} does not exist")
     real, real_keys, real_caps = [], [], []
     gens: dict[str, tuple[list, list, list]] = {}
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{p}:{n} is not JSON ({exc.msg})") from None
-        if not isinstance(rec, dict) or "real" not in rec or "generated" not in rec:
-            raise ValueError(f"{p}:{n}: expected an object with 'real' and 'generated' (and 'caption'), got {line[:80]!r}")
+    for n, rec in read_jsonl_objects(p):
+        if "real" not in rec or "generated" not in rec:
+            raise ValueError(f"{p}:{n}: expected an object with 'real' and 'generated' (and 'caption'), got keys {sorted(rec)}")
         caption = str(rec.get("caption", ""))
         key = f"{n}"
         for r in _listed(rec["real"], p.parent, f"{p}:{n} real"):

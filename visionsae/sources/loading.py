@@ -31,7 +31,7 @@ import importlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from visionsae.sources.base import ActivationSource, ModuleSource
 from visionsae.sources.image import list_images
@@ -51,6 +51,22 @@ class LoadedModel:
     info: dict = field(default_factory=dict)  # how it was loaded, for the manifest
 
 
+def read_jsonl_objects(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) of each non-blank line of a JSONL file; a line that is not a JSON
+    object is an error naming the file and the line."""
+    p = Path(path)
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{p}:{n} is not JSON ({exc.msg})") from None
+        if not isinstance(rec, dict):
+            raise ValueError(f"{p}:{n} is not a JSON object: {line[:80]!r}")
+        yield n, rec
+
+
 def read_inputs(path: str) -> tuple[str, list]:
     """(kind, inputs) of an inputs argument: ("image", paths), ("text", prompts) or ("vlm", records)."""
     p = Path(path)
@@ -65,15 +81,7 @@ def read_inputs(path: str) -> tuple[str, list]:
         return "text", prompts
     if p.suffix == ".jsonl":
         records = []
-        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{p}:{n} is not JSON ({exc.msg})") from None
-            if not isinstance(rec, dict):
-                raise ValueError(f"{p}:{n} is not a JSON object")
+        for _, rec in read_jsonl_objects(p):
             if isinstance(rec.get("image"), str) and not Path(rec["image"]).is_absolute():
                 rec["image"] = str(p.parent / rec["image"])
             records.append(rec)
