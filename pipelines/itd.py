@@ -29,6 +29,20 @@ from visionsae.control.steer import steering_edit
 from visionsae.sae import SparseAutoencoder
 
 
+def _from_pipe_quietly(cls, pipe):
+    """``cls.from_pipe(pipe)`` without diffusers' warning about casting to the dtype the
+    components already have (from_pipe re-casts them; diffusers 0.42 warns on every cast
+    with a dtype, even when no module needs float32)."""
+    from diffusers.utils import logging as diffusers_logging
+
+    previous = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        return cls.from_pipe(pipe)
+    finally:
+        diffusers_logging.set_verbosity(previous)
+
+
 def _load_sae(sae: SparseAutoencoder | str | Path) -> SparseAutoencoder:
     return sae if isinstance(sae, SparseAutoencoder) else SparseAutoencoder.from_pretrained(sae)
 
@@ -158,7 +172,7 @@ class ItDStableDiffusionPipeline(_ItDMixin, StableDiffusionPipeline):
     @classmethod
     def wrap(cls, pipe: StableDiffusionPipeline, sae, concepts, erase: Sequence[str] | None = None, **eraser_kwargs):
         """An ItD pipeline sharing ``pipe``'s components (nothing is copied)."""
-        new = cls.from_pipe(pipe)
+        new = _from_pipe_quietly(cls, pipe)
         new.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
         new.set_eraser(sae, concepts, erase, **eraser_kwargs)
         return new
@@ -219,7 +233,7 @@ class ItDStableDiffusionXLPipeline(_ItDMixin, StableDiffusionXLPipeline):
     @classmethod
     def wrap(cls, pipe: StableDiffusionXLPipeline, sae=None, concepts=None, sae_2=None, concepts_2=None,
              erase: Sequence[str] | None = None, **eraser_kwargs):
-        new = cls.from_pipe(pipe)
+        new = _from_pipe_quietly(cls, pipe)
         new.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
         new.set_eraser(sae, concepts, sae_2, concepts_2, erase, **eraser_kwargs)
         return new
