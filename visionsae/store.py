@@ -853,12 +853,14 @@ class ActivationStore:
             return None
 
         def load(group: list[int]) -> list[_MappedShard]:
-            return [self._map_shard(i, verify) for i in group]
+            # zlib releases the GIL while it checksums: a window's shards are checked in parallel
+            return list(checker.map(lambda i: self._map_shard(i, verify), group))
 
         keep_np = None if keep is None else keep.numpy()
         carry: torch.Tensor | None = None  # < batch_size rows left from the previous window
         rows_this_pass = 0
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="visionsae-store-prefetch")
+        checker = ThreadPoolExecutor(max_workers=min(buffer_shards, os.cpu_count() or 1), thread_name_prefix="visionsae-store-crc")
         pending = None
         try:
             while (item := pop()) is not None:
@@ -904,6 +906,7 @@ class ActivationStore:
                 del shards
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+            checker.shutdown(wait=True, cancel_futures=True)
 
     def _map_shard(self, i: int, verify: bool) -> "_MappedShard":
         """Memory-map shard ``i``'s activations and token kinds (CRC-checked on first use)."""
