@@ -131,6 +131,10 @@ class ActivationSource:
 
     #: "text", "image", "vlm" or "module": what the inputs are
     input_type = "module"
+    #: :func:`extract` prepares the next batch in a thread while the model runs this one.
+    #: Worth it where preparing is heavy (decoding images); where it is light (tokenising)
+    #: the thread only disturbs the model's OpenMP threads, and it is off.
+    prepare_in_thread = True
 
     def __init__(
         self,

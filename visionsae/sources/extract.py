@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,6 +24,25 @@ def _dist() -> tuple[int, int, Any]:
     if state.num_processes != int(os.environ["WORLD_SIZE"]):  # launched in a way accelerate does not join
         return int(os.environ.get("RANK", "0")), int(os.environ["WORLD_SIZE"]), None
     return state.process_index, state.num_processes, state
+
+
+
+class _InlineExecutor:
+    """The executor interface, running each call at once in the calling thread."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        return False
+
+    def submit(self, fn, *args) -> Future:
+        done: Future = Future()
+        try:
+            done.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller through result()
+            done.set_exception(exc)
+        return done
 
 
 def extract(
@@ -84,9 +103,12 @@ def extract(
     bar = tqdm(total=end - writer.input_start, initial=start - writer.input_start, unit="input",
                desc=f"extract {source.hook}" + (f" [rank {rank}]" if world_size > 1 else ""),
                disable=not progress, dynamic_ncols=True)
-    # the next batch is prepared (tokenised, decoded) in a thread while the model runs this one
+    # the next batch is prepared (decoded) in a thread while the model runs this one, where the
+    # source says that pays (ActivationSource.prepare_in_thread)
     starts = list(range(start, end, batch_size))
-    with bar, ThreadPoolExecutor(max_workers=1, thread_name_prefix="visionsae-prepare") as pool:
+    pool = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="visionsae-prepare") if source.prepare_in_thread
+            else _InlineExecutor())
+    with bar, pool:
         def submit(i: int):
             return pool.submit(source.prepare, inputs[i : min(i + batch_size, end)], i)
 

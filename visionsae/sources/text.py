@@ -52,6 +52,7 @@ class TextEncoderSource(ActivationSource):
     """
 
     input_type = "text"
+    prepare_in_thread = False  # tokenising a batch is cheap (measured: extraction 0.89-0.94 of the bare forward with the thread, 0.94-1.02 without)
 
     def __init__(
         self,
