@@ -28,19 +28,7 @@ from visionsae.control.itd import ItDEraser
 from visionsae.control.steer import steering_edit
 from visionsae.sae import SparseAutoencoder
 
-
-def _from_pipe_quietly(cls, pipe):
-    """``cls.from_pipe(pipe)`` without diffusers' warning about casting to the dtype the
-    components already have (from_pipe re-casts them; diffusers 0.42 warns on every cast
-    with a dtype, even when no module needs float32)."""
-    from diffusers.utils import logging as diffusers_logging
-
-    previous = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
-    try:
-        return cls.from_pipe(pipe)
-    finally:
-        diffusers_logging.set_verbosity(previous)
+from . import diffusers_errors_only
 
 
 def _load_sae(sae: SparseAutoencoder | str | Path) -> SparseAutoencoder:
@@ -172,7 +160,8 @@ class ItDStableDiffusionPipeline(_ItDMixin, StableDiffusionPipeline):
     @classmethod
     def wrap(cls, pipe: StableDiffusionPipeline, sae, concepts, erase: Sequence[str] | None = None, **eraser_kwargs):
         """An ItD pipeline sharing ``pipe``'s components (nothing is copied)."""
-        new = _from_pipe_quietly(cls, pipe)
+        with diffusers_errors_only():  # from_pipe re-casts to the same dtype and warns
+            new = cls.from_pipe(pipe)
         new.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
         new.set_eraser(sae, concepts, erase, **eraser_kwargs)
         return new
@@ -233,7 +222,8 @@ class ItDStableDiffusionXLPipeline(_ItDMixin, StableDiffusionXLPipeline):
     @classmethod
     def wrap(cls, pipe: StableDiffusionXLPipeline, sae=None, concepts=None, sae_2=None, concepts_2=None,
              erase: Sequence[str] | None = None, **eraser_kwargs):
-        new = _from_pipe_quietly(cls, pipe)
+        with diffusers_errors_only():  # from_pipe re-casts to the same dtype and warns
+            new = cls.from_pipe(pipe)
         new.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
         new.set_eraser(sae, concepts, sae_2, concepts_2, erase, **eraser_kwargs)
         return new

@@ -26,7 +26,6 @@ def _dist() -> tuple[int, int, Any]:
     return state.process_index, state.num_processes, state
 
 
-
 class _InlineExecutor:
     """The executor interface, running each call at once in the calling thread."""
 

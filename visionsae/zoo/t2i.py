@@ -16,11 +16,12 @@ Training used the same call, so what the UNet sees at inference is what it was t
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from pipelines import diffusers_errors_only
 
 TOKENIZER_MAX_LENGTH = 20
 """Prompt length in tokens ([CLS] and [SEP] included); every corpus caption fits in 15."""
@@ -55,27 +56,13 @@ def load_minilm_text_encoder():
     return encoder.eval()
 
 
-@contextmanager
-def _quiet_text_encoder_type_check():
-    """diffusers logs "Expected types for text_encoder: CLIPTextModel, got BertModel"; a BERT
-    text encoder is this pipeline's design, so that one message is silenced while it loads."""
-    from diffusers.utils import logging as diffusers_logging
-
-    previous = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        diffusers_logging.set_verbosity(previous)
-
-
 def build_pipeline(unet, vae, scheduler, text_encoder=None, tokenizer=None):
     """A ``StableDiffusionPipeline`` from the zoo's components (MiniLM loaded when not given)."""
     from diffusers import StableDiffusionPipeline
 
     text_encoder = text_encoder if text_encoder is not None else load_minilm_text_encoder()
     tokenizer = tokenizer if tokenizer is not None else load_minilm_tokenizer()
-    with _quiet_text_encoder_type_check():
+    with diffusers_errors_only():  # "Expected types for text_encoder: CLIPTextModel, got BertModel"
         pipe = StableDiffusionPipeline(
             vae=vae,
             text_encoder=text_encoder,
@@ -105,7 +92,7 @@ def load_pipeline(path: str | Path, device: str | torch.device = "cpu", dtype: t
     settings = read_settings(path)
     text_encoder = load_minilm_text_encoder()
     tokenizer = load_minilm_tokenizer(settings["tokenizer_max_length"])
-    with _quiet_text_encoder_type_check():
+    with diffusers_errors_only():  # "Expected types for text_encoder: CLIPTextModel, got BertModel"
         pipe = StableDiffusionPipeline.from_pretrained(
             str(path),
             text_encoder=text_encoder,
