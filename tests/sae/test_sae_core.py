@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from visionsae.sae import RULES, SAEConfig, SparseAutoencoder, SparseCode
 from visionsae.sae import model as model_mod
-from visionsae.sae.kernels import plain_decode, plain_encode, sparse_decode, sparse_encode
+from visionsae.sae.kernels import LatentBags, plain_decode, plain_encode, row_topk, sparse_decode, sparse_encode
 from visionsae.sae.sparsity import AbsTopK, BatchTopK, TopK
 
 
@@ -24,17 +24,20 @@ def _trained_like(rule: str, d: int = 24, n: int = 96, k: int = 5, seed: int = 0
     return sae.eval()
 
 
+@pytest.mark.parametrize("n", [40, 256])  # 256 latents for k=4: row_topk's grouped path
 @pytest.mark.parametrize("rule_cls", [TopK, AbsTopK, BatchTopK])
-def test_sparse_kernels_match_plain_autograd(rule_cls):
+def test_sparse_kernels_match_plain_autograd(rule_cls, n):
     torch.manual_seed(0)
-    cfg = SAEConfig(d_in=12, n_latents=40, k=4, sparsity=rule_cls.name)
+    cfg = SAEConfig(d_in=12, n_latents=n, k=4, sparsity=rule_cls.name)
     x = torch.randn(16, 12, dtype=torch.float64, requires_grad=True)
-    W_enc = torch.randn(40, 12, dtype=torch.float64, requires_grad=True)
-    b_enc = torch.randn(40, dtype=torch.float64, requires_grad=True)
-    W_dec = torch.randn(40, 12, dtype=torch.float64, requires_grad=True)
+    W_enc = torch.randn(n, 12, dtype=torch.float64, requires_grad=True)
+    b_enc = torch.randn(n, dtype=torch.float64, requires_grad=True)
+    W_dec = torch.randn(n, 12, dtype=torch.float64, requires_grad=True)
     target = torch.randn(16, 12, dtype=torch.float64)
     grads = []
-    for enc, dec in ((sparse_encode, sparse_decode), (plain_encode, plain_decode)):
+    bags = LatentBags()  # shared by the encoder's and the decoder's backward, as in the SAE
+    for enc, dec in ((lambda *a: sparse_encode(*a, bags=bags), lambda *a: sparse_decode(*a, bags=bags)),
+                     (plain_encode, plain_decode)):
         rule = rule_cls(cfg)  # fresh: BatchTopK updates its threshold in training
         values, indices = enc(x, W_enc, b_enc, rule.select)
         loss = (dec(values, indices, W_dec) - target).pow(2).sum()
@@ -42,6 +45,20 @@ def test_sparse_kernels_match_plain_autograd(rule_cls):
         assert (values != 0).any()
     for fast, plain, name in zip(*grads, ("x", "W_enc", "b_enc", "W_dec")):
         torch.testing.assert_close(fast, plain, msg=f"gradient of {name} differs")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("rows,n,k", [(7, 4096, 32), (5, 4000, 8), (9, 2048, 1), (3, 1024, 64), (4, 100, 32)])
+def test_row_topk_gives_torch_topk_values(dtype, rows, n, k):
+    torch.manual_seed(n + k)
+    x = torch.randn(rows, n)
+    x = (x * 4).round().to(dtype) if dtype in (torch.float16, torch.bfloat16) else x.to(dtype)  # many ties
+    x[0, : 3 * k] = x[0].max()  # a row whose top k are all tied, spread over several groups
+    values, indices = row_topk(x, k)
+    expected = x.topk(k, dim=-1, sorted=False).values
+    assert torch.equal(values.sort(-1).values, expected.sort(-1).values)
+    assert torch.equal(x.gather(1, indices), values)  # the indices point at those values
+    assert all(len(set(row.tolist())) == k for row in indices)  # no latent twice
 
 
 @pytest.mark.parametrize("rule_cls", [TopK, AbsTopK, BatchTopK])

@@ -13,7 +13,7 @@ from torch import nn
 from .code import SparseCode
 from .config import SAEConfig
 from .dictionary import ArchetypalDictionary
-from .kernels import sparse_decode, sparse_encode
+from .kernels import LatentBags, sparse_decode, sparse_encode
 from .losses import LossInputs, afa_loss, matryoshka_loss, matryoshka_widths
 from .losses import fvu as _fvu
 from .sparsity import RULES, SparsityRule
@@ -180,8 +180,9 @@ class SparseAutoencoder(nn.Module):
         sparsity_loss = pre = None
         if rule.sparse:
             cheap = self.select_dtype if getattr(rule, "rough_select", False) and torch.is_grad_enabled() else None
-            values, indices = sparse_encode(x_in, self.W_enc, self.b_enc, rule.select, cheap)
-            xs_hat = sparse_decode(values, indices, self.W_dec) + self.b_dec
+            bags = LatentBags()  # the two weight gradients share one sort of the indices
+            values, indices = sparse_encode(x_in, self.W_enc, self.b_enc, rule.select, cheap, bags)
+            xs_hat = sparse_decode(values, indices, self.W_dec, bags) + self.b_dec
             code = SparseCode(values, indices)
             sparsity_loss = rule.penalty(None, None)
         else:
@@ -236,7 +237,10 @@ class SparseAutoencoder(nn.Module):
         change the row's norm to first order before :meth:`normalize_decoder_`."""
         g = self.W_dec.grad
         if g is not None:
-            g -= (g * self.W_dec).sum(1, keepdim=True) * self.W_dec
+            # Row-wise dots as a batched [1 x d] @ [d x 1] product and an in-place update:
+            # no [n_latents x d] temporaries (each would cost a pass over memory).
+            dots = torch.bmm(g.unsqueeze(1), self.W_dec.unsqueeze(2)).view(-1, 1)
+            g.addcmul_(dots, self.W_dec, value=-1)
 
     @torch.no_grad()
     def init_from_data_(self, x: torch.Tensor, method: str = "geometric_median") -> None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .kernels import row_topk
+
 RULES: dict[str, type["SparsityRule"]] = {}
 
 
@@ -102,8 +104,8 @@ class TopK(SparsityRule):
     rough_select = True
 
     def select(self, pre_acts):
-        values, indices = pre_acts.topk(min(self.k, pre_acts.shape[-1]), dim=-1, sorted=False)
-        return values.relu(), indices
+        values, indices = row_topk(pre_acts.reshape(-1, pre_acts.shape[-1]), self.k)
+        return values.view(*pre_acts.shape[:-1], -1).relu(), indices.view(*pre_acts.shape[:-1], -1)
 
     def merge(self, values, indices):
         top, order = values.topk(min(self.k, values.shape[-1]), dim=-1, sorted=False)
@@ -118,7 +120,8 @@ class AbsTopK(SparsityRule):
     rough_select = True
 
     def select(self, pre_acts):
-        _, indices = pre_acts.abs().topk(min(self.k, pre_acts.shape[-1]), dim=-1, sorted=False)
+        _, indices = row_topk(pre_acts.abs().reshape(-1, pre_acts.shape[-1]), self.k)
+        indices = indices.view(*pre_acts.shape[:-1], -1)
         return pre_acts.gather(-1, indices), indices
 
     def merge(self, values, indices):
@@ -159,7 +162,7 @@ class BatchTopK(SparsityRule):
         # over all B*n pre-activations. Widen until no row is saturated (exact).
         width = min(n, 4 * self.k)
         while True:
-            cand, cand_idx = relu.topk(width, dim=-1, sorted=False)
+            cand, cand_idx = row_topk(relu, width)
             flat_top = cand.flatten().topk(budget, sorted=False).values
             cut = flat_top.min()
             if width == n or not bool((cand.min(-1).values >= cut).any()):
