@@ -33,17 +33,18 @@ def test_sparse_kernels_match_plain_autograd(rule_cls, n):
     W_enc = torch.randn(n, 12, dtype=torch.float64, requires_grad=True)
     b_enc = torch.randn(n, dtype=torch.float64, requires_grad=True)
     W_dec = torch.randn(n, 12, dtype=torch.float64, requires_grad=True)
+    center = torch.randn(12, dtype=torch.float64, requires_grad=True)  # b_dec, subtracted from the input
     target = torch.randn(16, 12, dtype=torch.float64)
     grads = []
     bags = LatentBags()  # shared by the encoder's and the decoder's backward, as in the SAE
-    for enc, dec in ((lambda *a: sparse_encode(*a, bags=bags), lambda *a: sparse_decode(*a, bags=bags)),
-                     (plain_encode, plain_decode)):
+    for enc, dec in ((lambda x, *a: sparse_encode(x, *a, bags=bags, center=center), lambda *a: sparse_decode(*a, bags=bags)),
+                     (lambda x, *a: plain_encode(x - center, *a), plain_decode)):
         rule = rule_cls(cfg)  # fresh: BatchTopK updates its threshold in training
         values, indices = enc(x, W_enc, b_enc, rule.select)
         loss = (dec(values, indices, W_dec) - target).pow(2).sum()
-        grads.append(torch.autograd.grad(loss, (x, W_enc, b_enc, W_dec)))
+        grads.append(torch.autograd.grad(loss, (x, W_enc, b_enc, W_dec, center)))
         assert (values != 0).any()
-    for fast, plain, name in zip(*grads, ("x", "W_enc", "b_enc", "W_dec")):
+    for fast, plain, name in zip(*grads, ("x", "W_enc", "b_enc", "W_dec", "center")):
         torch.testing.assert_close(fast, plain, msg=f"gradient of {name} differs")
 
 

@@ -119,8 +119,10 @@ def _rows_weighted_sum(indices: torch.Tensor, weights: torch.Tensor, table: torc
 
 class _SparseEncode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, select: Selector, select_dtype, bags):
-        # x: [B, d_in]; weight: [n_latents, d_in]; bias: [n_latents]
+    def forward(ctx, x, weight, bias, select: Selector, select_dtype, bags, center):
+        # x: [B, d_in]; weight: [n_latents, d_in]; bias: [n_latents]; center: [d_in] or None
+        if center is not None:
+            x = x - center
         if select_dtype is None or select_dtype == x.dtype:
             pre_acts = torch.addmm(bias, x, weight.t())  # [B, n_latents]
             values, indices = select(pre_acts)  # [B, k] each; values are 0 where dropped
@@ -136,6 +138,7 @@ class _SparseEncode(torch.autograd.Function):
             values = exact * kept
         ctx.save_for_backward(x, weight, values, indices)
         ctx.bags = bags
+        ctx.centered = center is not None
         ctx.mark_non_differentiable(indices)
         return values, indices
 
@@ -144,15 +147,21 @@ class _SparseEncode(torch.autograd.Function):
         x, weight, values, indices = ctx.saved_tensors
         # A latent passes gradient only where the rule kept it (non-zero value).
         grad_values = grad_values * (values != 0)
-        grad_x = grad_weight = grad_bias = None
+        grad_x = grad_weight = grad_bias = grad_center = None
         if ctx.needs_input_grad[0]:
             grad_x = _rows_weighted_sum(indices, grad_values, weight)
         if ctx.needs_input_grad[1]:
             grad_weight = _latent_sums(indices, grad_values, x, weight.shape[0], ctx.bags).to(weight.dtype)
-        if ctx.needs_input_grad[2]:
-            grad_bias = torch.zeros(weight.shape[0], dtype=grad_values.dtype, device=x.device)
-            grad_bias.index_add_(0, indices.reshape(-1), grad_values.reshape(-1))
-        return grad_x, grad_weight, grad_bias, None, None, None
+        per_latent = None
+        if ctx.needs_input_grad[2] or (ctx.centered and ctx.needs_input_grad[6]):
+            per_latent = torch.zeros(weight.shape[0], dtype=grad_values.dtype, device=x.device)
+            per_latent.index_add_(0, indices.reshape(-1), grad_values.reshape(-1))
+            grad_bias = per_latent if ctx.needs_input_grad[2] else None
+        if ctx.centered and ctx.needs_input_grad[6]:
+            # d/d center of sum_b <g_b, W (x_b - center)> = -(sum over rows of g) @ W: one
+            # [n] x [n, d] product instead of the [B, d] input gradient summed over rows
+            grad_center = -(per_latent.to(weight.dtype) @ weight)
+        return grad_x, grad_weight, grad_bias, None, None, None, grad_center
 
 
 class _SparseDecode(torch.autograd.Function):
@@ -176,16 +185,18 @@ class _SparseDecode(torch.autograd.Function):
 
 
 def sparse_encode(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, select: Selector,
-                  select_dtype: torch.dtype | None = None, bags: LatentBags | None = None):
+                  select_dtype: torch.dtype | None = None, bags: LatentBags | None = None,
+                  center: torch.Tensor | None = None):
     """Dense encoder matmul, then ``select`` (a TopK-family rule); sparse backward.
 
     With ``select_dtype`` (e.g. bfloat16) the dense matmul that only *chooses* the latents
     runs in that precision; the chosen latents' values, and every gradient, are computed in
     ``x``'s dtype. The choice can differ from the exact one only among latents whose
     pre-activations are within the cheap precision of the k-th largest. ``bags``: see
-    :class:`LatentBags`.
+    :class:`LatentBags`. With ``center`` the encoder reads ``x - center``; when ``x`` needs
+    no gradient (training data), the centre's gradient then costs one matrix-vector product.
     """
-    return _SparseEncode.apply(x, weight, bias, select, select_dtype, bags)
+    return _SparseEncode.apply(x, weight, bias, select, select_dtype, bags, center)
 
 
 def sparse_decode(values: torch.Tensor, indices: torch.Tensor, weight: torch.Tensor,

@@ -181,7 +181,7 @@ class SparseAutoencoder(nn.Module):
         if rule.sparse:
             cheap = self.select_dtype if getattr(rule, "rough_select", False) and torch.is_grad_enabled() else None
             bags = LatentBags()  # the two weight gradients share one sort of the indices
-            values, indices = sparse_encode(x_in, self.W_enc, self.b_enc, rule.select, cheap, bags)
+            values, indices = sparse_encode(xs, self.W_enc, self.b_enc, rule.select, cheap, bags, center=self.b_dec)
             xs_hat = sparse_decode(values, indices, self.W_dec, bags) + self.b_dec
             code = SparseCode(values, indices)
             sparsity_loss = rule.penalty(None, None)
