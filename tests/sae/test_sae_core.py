@@ -220,3 +220,24 @@ def test_folding_the_input_scale_keeps_codes_and_reconstructions():
     assert float(sae.input_scale) == 1.0
     torch.testing.assert_close(sae.encode(x).to_dense(96), code.to_dense(96), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(sae.decode(sae.encode(x)), x_hat, rtol=1e-4, atol=1e-3)
+
+
+def test_training_scratch_buffers_are_reused_and_change_nothing():
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(SAEConfig(d_in=32, n_latents=256, k=4))
+    sae.select_dtype = torch.bfloat16
+    sae.train()
+    outs, ptrs = [], []
+    for seed in range(3):
+        x = torch.randn(64, 32, generator=torch.Generator().manual_seed(seed))
+        out = sae(x)
+        outs.append((x, out.code.values.detach(), out.code.indices))
+        ptrs.append(sae._scratch.get("pre_acts", (64, 256), torch.bfloat16, torch.device("cpu")).data_ptr())
+    assert len(set(ptrs)) == 1  # one buffer for every step
+    for x, values, indices in outs:  # the same code as without the scratch buffers
+        ref_values, ref_indices = sparse_encode(sae.input_scale * x, sae.W_enc, sae.b_enc, sae.rule.select,
+                                                torch.bfloat16, center=sae.b_dec)
+        assert torch.equal(indices.sort(-1).values, ref_indices.sort(-1).values)
+        torch.testing.assert_close(values.sort(-1).values, ref_values.detach().sort(-1).values)
+    sae.eval()
+    assert not sae._scratch._buffers  # an SAE in inference keeps no training buffers

@@ -13,7 +13,7 @@ from torch import nn
 from .code import SparseCode
 from .config import SAEConfig
 from .dictionary import ArchetypalDictionary
-from .kernels import LatentBags, sparse_decode, sparse_encode
+from .kernels import LatentBags, Scratch, sparse_decode, sparse_encode
 from .losses import LossInputs, afa_loss, matryoshka_loss, matryoshka_widths
 from .losses import fvu as _fvu
 from .sparsity import RULES, SparsityRule
@@ -76,12 +76,18 @@ class SparseAutoencoder(nn.Module):
         # Precision of the training matmul that only chooses the active latents (the
         # trainer sets it from TrainConfig.select_dtype); None: the SAE's own dtype.
         self.select_dtype: torch.dtype | None = None
+        self._scratch = Scratch()  # the choosing matmul's buffers, kept between training steps
         if cfg.dictionary == "archetypal":
             self.dictionary = ArchetypalDictionary(
                 n, d, cfg.archetypal_candidates or n, cfg.archetypal_delta, cfg.archetypal_learn_scale,
                 device=device, dtype=dtype,
             )
             self.W_dec.requires_grad_(False)  # computed from self.dictionary
+
+    def train(self, mode: bool = True) -> "SparseAutoencoder":
+        if not mode:
+            self._scratch.clear()  # training buffers are not kept by an SAE in inference
+        return super().train(mode)
 
     # ----------------------------------------------------------------- shapes
     @property
@@ -181,7 +187,8 @@ class SparseAutoencoder(nn.Module):
         if rule.sparse:
             cheap = self.select_dtype if getattr(rule, "rough_select", False) and torch.is_grad_enabled() else None
             bags = LatentBags()  # the two weight gradients share one sort of the indices
-            values, indices = sparse_encode(xs, self.W_enc, self.b_enc, rule.select, cheap, bags, center=self.b_dec)
+            values, indices = sparse_encode(xs, self.W_enc, self.b_enc, rule.select, cheap, bags, center=self.b_dec,
+                                            scratch=self._scratch)
             xs_hat = sparse_decode(values, indices, self.W_dec, bags) + self.b_dec
             code = SparseCode(values, indices)
             sparsity_loss = rule.penalty(None, None)
