@@ -52,22 +52,41 @@ def reader_pass(store: ActivationStore, batch_size: int, seed: int, shuffle: boo
     return n * store.d_in * store.dtype.itemsize
 
 
+def looping_rate(store: ActivationStore, batch_size: int, seed: int, passes: int = 2) -> float:
+    """Bytes/s over ``passes`` passes of one ``batches(loop=True)`` generator, as the trainer
+    reads (each pass's first window is mapped while the previous pass is served), timed
+    after one pass of warm-up."""
+    per_pass = len(store) // batch_size
+    it = store.batches(batch_size, seed=seed, loop=True, dtype=store.dtype)
+    for _ in range(per_pass):
+        next(it)
+    n, start = 0, time.perf_counter()
+    for _ in range(passes * per_pass):
+        n += next(it).shape[0]
+    elapsed = time.perf_counter() - start
+    it.close()
+    return n * store.d_in * store.dtype.itemsize / elapsed
+
+
 def measure(store: ActivationStore, batch_size: int, repeats: int) -> dict:
     numpy_pass(store)  # warm the page cache
-    np_rates, first, steady, sequential = [], [], [], []
+    np_rates, first, steady, sequential, looping = [], [], [], [], []
     for r in range(repeats):  # interleaved so that load from other processes hits both alike
         t = time.perf_counter(); b = numpy_pass(store); np_rates.append(b / (time.perf_counter() - t))
         reader = ActivationStore.open(store.path)  # a new reader: its first pass checks every shard's CRC-32
         t = time.perf_counter(); b = reader_pass(reader, batch_size, r); first.append(b / (time.perf_counter() - t))
         t = time.perf_counter(); b = reader_pass(reader, batch_size, r + 1); steady.append(b / (time.perf_counter() - t))
         t = time.perf_counter(); b = reader_pass(reader, batch_size, 0, False); sequential.append(b / (time.perf_counter() - t))
-    np_med, first_med, steady_med, seq_med = (statistics.median(v) for v in (np_rates, first, steady, sequential))
+        looping.append(looping_rate(reader, batch_size, r + 2))
+    np_med, first_med, steady_med, seq_med, loop_med = (statistics.median(v) for v in (np_rates, first, steady, sequential, looping))
     return {
         "numpy_gb_per_s": np_med / 1e9,
         "reader_first_pass_gb_per_s": first_med / 1e9,
         "reader_later_passes_gb_per_s": steady_med / 1e9,
         "ratio_first_pass": first_med / np_med,
         "ratio_later_passes": steady_med / np_med,
+        "reader_looping_gb_per_s": loop_med / 1e9,
+        "ratio_looping": loop_med / np_med,
         "reader_unshuffled_gb_per_s": seq_med / 1e9,
         "ratio_unshuffled": seq_med / np_med,
         "reader_rows_per_s": steady_med / (store.d_in * store.dtype.itemsize),
@@ -96,7 +115,8 @@ def main(argv=None) -> int:
         "benchmark": "store_read",
         "what": "shuffled batches from ActivationStore.batches (in the stored dtype) vs np.fromfile of the same "
                 "shard files; warm page cache; medians of interleaved repeats. A reader's first pass checks "
-                "every shard's CRC-32 (in a prefetch thread); later passes of the same reader do not.",
+                "every shard's CRC-32 (in a prefetch thread); later passes of the same reader do not. 'looping': "
+                "passes of one loop=True generator (the trainer's way: no pass starts by mapping a window).",
         "rows": args.rows, "d_in": args.d_in, "shard_rows": args.shard_rows, "batch_size": args.batch_size,
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": torch.get_num_threads()},
         "results": results,

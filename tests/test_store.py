@@ -136,6 +136,24 @@ def test_flipped_byte_is_reported_by_shard(tmp_path):
         ActivationStore.open(tmp_path).read_shard(2)
 
 
+def test_shard_checksums_are_zlib_crc32(tmp_path):
+    # the checksum function may be ISA-L's (faster); manifests written with either, and by
+    # earlier versions (zlib), must stay readable, so its values must be zlib's
+    import zlib
+
+    from visionsae.store import _crc32
+
+    data = bytes(range(256)) * 1000 + b"tail"
+    assert _crc32(data) == zlib.crc32(data)
+    assert _crc32(data[100:], _crc32(data[:100])) == zlib.crc32(data)  # running checksums too
+    _write(tmp_path)
+    store = ActivationStore.open(tmp_path)
+    for shard in store.manifest["shards"]:
+        for entry in shard["files"].values():
+            raw = (tmp_path / entry["file"]).read_bytes()
+            assert entry["crc32"] == f"{zlib.crc32(raw) & 0xFFFFFFFF:08x}"
+
+
 def test_incomplete_store_and_changed_source(tmp_path):
     w = ShardWriter(tmp_path, source={"test": 1}, hook="h", num_inputs=10, shard_rows=3)
     w.add(_batch(0, 2), 2)
