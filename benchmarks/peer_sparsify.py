@@ -57,6 +57,7 @@ def run(name: str, samples: int, lr: float | None, warmup: int, seed: int = 0) -
         sched.step()
         sae.set_decoder_norm_to_unit_norm()
     seconds = time.perf_counter() - start
+    rate = max(rate, matmul_rate(s["batch"], s["d_in"], s["n_latents"]))  # as train_throughput: the better of before/after
     floor_time = floor_flops(s["batch"], s["d_in"], s["n_latents"], s["k"]) / rate
     with torch.no_grad():
         num = den = l0 = 0.0
@@ -76,6 +77,8 @@ def run(name: str, samples: int, lr: float | None, warmup: int, seed: int = 0) -
         "seconds": seconds,
         "samples_per_s": steps * s["batch"] / seconds,
         "step_ms": seconds / steps * 1e3,
+        "matmul_gflops": rate / 1e9,
+        "floor_step_ms": floor_time * 1e3,
         "fraction_of_floor_throughput": floor_time / (seconds / steps),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "fvu": num / den,

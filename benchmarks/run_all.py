@@ -27,6 +27,7 @@ PEERS = ROOT / ".venv-peers"
 BENCHMARKS: dict[str, tuple[str, str, list[str], list[str]]] = {
     "train_throughput": ("project", "benchmarks.train_throughput", [], ["--setting", "default", "--samples", "204800"]),
     "peer_sparsify": ("peers", "benchmarks.peer_sparsify", [], ["--samples", "204800"]),
+    "train_vs_sparsify": ("project", "benchmarks.train_vs_sparsify", [], ["--samples", "204800", "--repeats", "1"]),
     "store_read": ("project", "benchmarks.store_read", [], []),
     "audit_throughput": ("project", "benchmarks.audit_throughput", [], ["--images", "64", "--repeats", "1"]),
     "app_latency": ("project", "benchmarks.app_latency", [], ["--requests", "3"]),
