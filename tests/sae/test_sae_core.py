@@ -241,3 +241,16 @@ def test_training_scratch_buffers_are_reused_and_change_nothing():
         torch.testing.assert_close(values.sort(-1).values, ref_values.detach().sort(-1).values)
     sae.eval()
     assert not sae._scratch._buffers  # an SAE in inference keeps no training buffers
+
+
+def test_remove_parallel_grads_leaves_only_the_orthogonal_part():
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(SAEConfig(d_in=16, n_latents=64, k=4))
+    sae.normalize_decoder_()
+    g = torch.randn(64, 16)
+    sae.W_dec.grad = g.clone()
+    sae.remove_parallel_grads_()
+    w = sae.W_dec.detach()
+    torch.testing.assert_close((sae.W_dec.grad * w).sum(1), torch.zeros(64), atol=1e-5, rtol=0)
+    expected = g - (g * w).sum(1, keepdim=True) * w  # the textbook projection
+    torch.testing.assert_close(sae.W_dec.grad, expected)

@@ -244,9 +244,10 @@ class SparseAutoencoder(nn.Module):
         change the row's norm to first order before :meth:`normalize_decoder_`."""
         g = self.W_dec.grad
         if g is not None:
-            # Row-wise dots as a batched [1 x d] @ [d x 1] product and an in-place update:
-            # no [n_latents x d] temporaries (each would cost a pass over memory).
-            dots = torch.bmm(g.unsqueeze(1), self.W_dec.unsqueeze(2)).view(-1, 1)
+            # Row-wise dots (vecdot: no [n_latents x d] product temporary; 0.36 ms against
+            # 1.25 for a batched matmul and 5.6 for (g * W).sum(1) at 4096 x 512) and an
+            # in-place update.
+            dots = torch.linalg.vecdot(g, self.W_dec, dim=1).unsqueeze(1)
             g.addcmul_(dots, self.W_dec, value=-1)
 
     @torch.no_grad()
