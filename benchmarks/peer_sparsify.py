@@ -17,11 +17,10 @@ import os
 import resource
 import sys
 import time
-from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
+from benchmarks import write_json
 from benchmarks.train_throughput import SETTINGS, matmul_rate, floor_flops
 from visionsae.planted import PlantedConfig, PlantedData, recovery
 
@@ -97,9 +96,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     res = run(args.setting, args.samples, args.lr, args.warmup)
     print(json.dumps(res), flush=True)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(res, indent=2))
+    write_json(args.out, res)
     return 0
 
 

@@ -22,10 +22,10 @@ import resource
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
+from benchmarks import write_json
 from visionsae.eval.planted import score
 from visionsae.planted import PlantedConfig, PlantedData
 from visionsae.sae import SAEConfig
@@ -108,9 +108,7 @@ def main(argv=None) -> int:
         "machine": {"cpu_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__},
         "results": results,
     }
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2))
+    write_json(args.out, report)
     return 0
 
 

@@ -23,6 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks import write_json
 from benchmarks.run_all import ROOT, peers_python
 from benchmarks.train_throughput import SETTINGS
 
@@ -82,9 +83,7 @@ def main(argv=None) -> int:
                   for p in pairs],
     }
     print(json.dumps({k: report[k] for k in ("median_throughput_ratio", "median_fraction_of_floor")}), flush=True)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2))
+    write_json(args.out, report)
     return 0
 
 

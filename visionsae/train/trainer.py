@@ -13,7 +13,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import torch
 from safetensors import SafetensorError
@@ -24,6 +24,9 @@ from ..sae import SAEConfig, SparseAutoencoder
 from ..sae.config import FORMAT_VERSION
 from ..sae.io import atomic_save_tensors, atomic_write_bytes
 from .config import TrainConfig, lr_factor
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 METRICS_NAME = "metrics.jsonl"
