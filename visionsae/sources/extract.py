@@ -88,6 +88,9 @@ def extract(
     """
     from tqdm.auto import tqdm
 
+    from visionsae.sources.memory import keep_freed_memory
+
+    keep_freed_memory()  # else the model's intermediates are page-faulted in again every batch
     state = None
     if rank is None or world_size is None:
         rank, world_size, state = _dist()
