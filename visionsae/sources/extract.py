@@ -44,6 +44,15 @@ class _InlineExecutor:
         return done
 
 
+def _one_torch_thread() -> None:
+    """The prepare thread's own tensor work (to-tensor, normalise, stack) runs on one thread:
+    torch's thread count is per thread, and a second parallel team would compete with the
+    model's for the same cores."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def extract(
     source: ActivationSource,
     inputs: Sequence[Any],
@@ -108,8 +117,8 @@ def extract(
     # the next batch is prepared (decoded) in a thread while the model runs this one, where the
     # source says that pays (ActivationSource.prepare_in_thread)
     starts = list(range(start, end, batch_size))
-    pool = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="visionsae-prepare") if source.prepare_in_thread
-            else _InlineExecutor())
+    pool = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="visionsae-prepare", initializer=_one_torch_thread)
+            if source.prepare_in_thread else _InlineExecutor())
     with bar, pool:
         def submit(i: int):
             return pool.submit(source.prepare, inputs[i : min(i + batch_size, end)], i)
