@@ -62,6 +62,12 @@ def test_truncation_is_recorded(clip_tok):
     batch = src.encode(["word " * 100, "short"], 0)
     assert [r["truncated"] for r in batch.records] == [True, False]
     assert batch.acts.shape[0] == 2 * 77
+    # a prompt whose tokens exactly fill the row is not cut; one token more is
+    for padding in ("max_length", "longest"):
+        short = TextEncoderSource(tiny_clip_text(), clip_tok, "encoder.layers.0", max_length=8, padding=padding)
+        batch = short.encode(["a b c d e f", "a b c d e f g", "a b"], 0)
+        assert [len(r["tokens"]) for r in batch.records] == [8, 8, 4]
+        assert [r["truncated"] for r in batch.records] == [False, True, False], padding
 
 
 def test_bad_hook_names_close_matches(clip_tok):
