@@ -141,8 +141,7 @@ def _atomic_write_parts(path: Path, head: bytes | memoryview, parts: list[torch.
     file, fsync, rename) and return the file's size, CRC-32 and SHA-256.
 
     The parts are streamed one by one: a shard is never assembled into one more buffer of its
-    size (a transient 25-100 MB allocation per shard, which the allocator returns to the kernel
-    and whose churn slowed the model's own allocations during extraction).
+    size (a transient 25-100 MB copy per shard).
     """
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     crc, sha, size = 0, hashlib.sha256(), 0
@@ -436,10 +435,8 @@ class ShardWriter:
         self._buf: list[ActivationBatch] = []  # buffered inputs' metadata (their rows are in _stage)
         self._pending_empty: list[ActivationBatch] = []
         self._buf_rows = 0
-        # The buffered rows, in the store's dtype, in one buffer reused for every shard: the
-        # model's batches are freed as soon as they are copied here, so extraction does not
-        # leave a shard's worth of blocks scattered over the heap (measured: that churn made
-        # MiniLM's own forward 5-15% slower inside extraction than alone).
+        # The buffered rows, in the store's dtype, in one buffer reused for every shard (the
+        # files are streamed from it): a shard's rows are copied once, and held once.
         self._stage: torch.Tensor | None = None
         self._next_input = self.next_input
 
@@ -872,7 +869,8 @@ class ActivationStore:
             return None
 
         def load(group: list[int]) -> list[_MappedShard]:
-            # zlib releases the GIL while it checksums: a window's shards are checked in parallel
+            # a window's shards are mapped (MAP_POPULATE) in parallel threads, and checksummed in
+            # parallel too where the CRC releases the GIL (zlib's does; ISA-L's is fast enough alone)
             return list(checker.map(lambda i: self._map_shard(i, verify), group))
 
         keep_np = None if keep is None else keep.numpy()

@@ -20,8 +20,7 @@ Selector = Callable[[torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
 
 
 def row_topk(x: torch.Tensor, k: int):
-    """``x.topk(k, dim=-1, sorted=False)`` for a 2-D ``x``: the same values, faster on CPU for
-    wide rows.
+    """``x.topk(k, dim=-1, sorted=False)``: the same values, faster on CPU for wide rows.
 
     torch's CPU top-k costs about the same per element whatever ``k`` is, so it first keeps,
     per row, the ``k`` best of ``n / s`` groups (group ``g`` holds columns ``g, g + n/s, ...``,
@@ -32,7 +31,7 @@ def row_topk(x: torch.Tensor, k: int):
     differ, as it may between torch's own kernels. Two top-k passes over ``n / s`` and
     ``s * k`` entries replace one over ``n``; ``s`` ~ sqrt(n / k) minimises their sum.
     """
-    rows, n = x.shape
+    *lead, n = x.shape
     k = min(k, n)
     # Narrower rows keep torch's kernel: little to gain there, and the order of the returned
     # indices (hence float rounding downstream) stays what the small SAEs' figures were made with.
@@ -42,13 +41,15 @@ def row_topk(x: torch.Tensor, k: int):
     if n % s or x.dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
         return x.topk(k, dim=-1, sorted=False)
     groups = n // s
-    x = x.contiguous()
+    x = x.reshape(-1, n).contiguous()
+    rows = x.shape[0]
     _, best = x.view(rows, s, groups).amax(1).topk(k, dim=-1, sorted=False)  # [rows, k] groups
     row_start = torch.arange(rows, device=x.device)[:, None, None] * n
     members = (row_start + torch.arange(0, n, groups, device=x.device)[None, :, None] + best[:, None, :])
     members = members.view(rows, s * k)  # flat positions of the chosen groups' entries
     values, pick = x.view(-1).index_select(0, members.view(-1)).view(rows, s * k).topk(k, dim=-1, sorted=False)
-    return values, members.gather(1, pick) - row_start.view(rows, 1)
+    indices = members.gather(1, pick) - row_start.view(rows, 1)
+    return values.view(*lead, k), indices.view(*lead, k)
 
 
 class Scratch:
@@ -184,12 +185,13 @@ class _SparseEncode(torch.autograd.Function):
             grad_x = _rows_weighted_sum(indices, grad_values, weight)
         if ctx.needs_input_grad[1]:
             grad_weight = _latent_sums(indices, grad_values, x, weight.shape[0], ctx.bags).to(weight.dtype)
-        per_latent = None
-        if ctx.needs_input_grad[2] or (ctx.centered and ctx.needs_input_grad[6]):
+        needs_center = ctx.centered and ctx.needs_input_grad[6]
+        if ctx.needs_input_grad[2] or needs_center:
             per_latent = torch.zeros(weight.shape[0], dtype=grad_values.dtype, device=x.device)
             per_latent.index_add_(0, indices.reshape(-1), grad_values.reshape(-1))
-            grad_bias = per_latent if ctx.needs_input_grad[2] else None
-        if ctx.centered and ctx.needs_input_grad[6]:
+            if ctx.needs_input_grad[2]:
+                grad_bias = per_latent
+        if needs_center:
             # d/d center of sum_b <g_b, W (x_b - center)> = -(sum over rows of g) @ W: one
             # [n] x [n, d] product instead of the [B, d] input gradient summed over rows
             grad_center = -(per_latent.to(weight.dtype) @ weight)

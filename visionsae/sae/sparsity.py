@@ -104,8 +104,8 @@ class TopK(SparsityRule):
     rough_select = True
 
     def select(self, pre_acts):
-        values, indices = row_topk(pre_acts.reshape(-1, pre_acts.shape[-1]), self.k)
-        return values.view(*pre_acts.shape[:-1], -1).relu(), indices.view(*pre_acts.shape[:-1], -1)
+        values, indices = row_topk(pre_acts, self.k)
+        return values.relu(), indices
 
     def merge(self, values, indices):
         top, order = values.topk(min(self.k, values.shape[-1]), dim=-1, sorted=False)
@@ -120,8 +120,7 @@ class AbsTopK(SparsityRule):
     rough_select = True
 
     def select(self, pre_acts):
-        _, indices = row_topk(pre_acts.abs().reshape(-1, pre_acts.shape[-1]), self.k)
-        indices = indices.view(*pre_acts.shape[:-1], -1)
+        _, indices = row_topk(pre_acts.abs(), self.k)
         return pre_acts.gather(-1, indices), indices
 
     def merge(self, values, indices):

@@ -146,9 +146,9 @@ class TextEncoderSource(ActivationSource):
         full_lengths = mask.sum(1).tolist()
         # Only a prompt whose tokens fill its row can have been cut: those alone are tokenised
         # again, uncut, to tell (the records say which prompts the encoder saw truncated).
-        full = [i for i, n in enumerate(full_lengths) if n >= ids.shape[1]]
-        if full:
-            for i, row in zip(full, self.tokenizer([prompts[i] for i in full], truncation=False)["input_ids"]):
+        filled = [i for i, n in enumerate(full_lengths) if n >= ids.shape[1]]
+        if filled:
+            for i, row in zip(filled, self.tokenizer([prompts[i] for i in filled], truncation=False)["input_ids"]):
                 full_lengths[i] = len(row)
         records = [self._record(first_id + i, p, ids[i], mask[i], full_lengths[i]) for i, p in enumerate(prompts)]
         return ids, mask, self.token_kinds(ids, mask), records, first_id

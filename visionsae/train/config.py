@@ -76,7 +76,7 @@ class TrainConfig:
         of the directions, the scaled one 99%; README, Benchmarks)."""
         if self.lr is not None:
             return self.lr
-        return 2e-3 * math.sqrt(4096 / n_latents) * math.sqrt(batch_rows / 256)
+        return _default_lr(n_latents) * math.sqrt(batch_rows / 256)
 
     def select_torch_dtype(self, sae_dtype: torch.dtype, device: torch.device) -> torch.dtype | None:
         """The dtype of the choosing matmul, or None for the SAE's own (``select_dtype``)."""
@@ -109,6 +109,10 @@ def lr_factor(step: int, total_steps: int, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def _default_lr(n_latents: int) -> float:
+    return 2e-3 * math.sqrt(4096 / n_latents)
+
+
 @lru_cache(maxsize=1)
 def _cpu_has_native_bf16() -> bool:
     """True where the CPU multiplies bf16 natively (AVX512-BF16 or AMX); elsewhere a bf16
@@ -125,7 +129,7 @@ def original_defaults(n_latents: int, total_samples: int) -> dict[str, Any]:
     window total_samples // 16, exact latent choice): the settings the shipped zoo SAEs and
     the audit's measured figures were produced with, so their commands still reproduce them."""
     return {
-        "lr": 2e-3 * math.sqrt(4096 / n_latents),
+        "lr": _default_lr(n_latents),
         "dead_after_samples": min(10_000_000, max(1, total_samples // 16)),
         "select_dtype": "same",
     }
