@@ -29,7 +29,8 @@ def row_topk(x: torch.Tensor, k: int):
     the largest maxima (else ``k`` group maxima, plus it, would all be larger), so the
     values are exactly the top ``k``; only which of several tied entries is returned may
     differ, as it may between torch's own kernels. Two top-k passes over ``n / s`` and
-    ``s * k`` entries replace one over ``n``; ``s`` ~ sqrt(n / k) minimises their sum.
+    ``s * k`` entries replace one over ``n``; ``s`` ~ sqrt(n / k) minimises their sum. The
+    members are gathered from a ``[rows, s, n / s]`` view (no flat index tensor).
     """
     *lead, n = x.shape
     k = min(k, n)
@@ -37,18 +38,19 @@ def row_topk(x: torch.Tensor, k: int):
     # indices (hence float rounding downstream) stays what the small SAEs' figures were made with.
     if x.device.type != "cpu" or k == 0 or n < 64 * k:
         return x.topk(k, dim=-1, sorted=False)
-    s = 1 << max(1, round(math.log2(math.sqrt(n / k))))
-    if n % s or x.dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+    # s a power of two minimising n/s + s*k; on a tie the smaller (its gather is smaller)
+    splits = [1 << p for p in range(1, n.bit_length()) if n % (1 << p) == 0]
+    if not splits or x.dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
         return x.topk(k, dim=-1, sorted=False)
+    s = min(splits, key=lambda s: (n // s + s * k, s))
     groups = n // s
-    x = x.reshape(-1, n).contiguous()
+    x = x.reshape(-1, s, groups)  # x[r, i, g] = column i * groups + g of row r
     rows = x.shape[0]
-    _, best = x.view(rows, s, groups).amax(1).topk(k, dim=-1, sorted=False)  # [rows, k] groups
-    row_start = torch.arange(rows, device=x.device)[:, None, None] * n
-    members = (row_start + torch.arange(0, n, groups, device=x.device)[None, :, None] + best[:, None, :])
-    members = members.view(rows, s * k)  # flat positions of the chosen groups' entries
-    values, pick = x.view(-1).index_select(0, members.view(-1)).view(rows, s * k).topk(k, dim=-1, sorted=False)
-    indices = members.gather(1, pick) - row_start.view(rows, 1)
+    _, best = x.amax(1).topk(k, dim=-1, sorted=False)  # [rows, k]: the chosen groups
+    members = x.gather(2, best[:, None, :].expand(rows, s, k)).view(rows, s * k)
+    values, pick = members.topk(k, dim=-1, sorted=False)
+    # member i * k + j is column i * groups + best[j]
+    indices = torch.div(pick, k, rounding_mode="floor") * groups + best.gather(1, pick % k)
     return values.view(*lead, k), indices.view(*lead, k)
 
 
@@ -116,10 +118,11 @@ def _latent_sums(indices: torch.Tensor, weights: torch.Tensor, rows: torch.Tenso
                            mode="sum")
 
 
-def _sampled_dots(indices: torch.Tensor, grad: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+def _sampled_dots(indices: torch.Tensor, grad: torch.Tensor, table: torch.Tensor,
+                  bags: LatentBags | None = None) -> torch.Tensor:
     """``out[b, j] = <grad[b], table[indices[b, j]]>``: ``grad @ table.T`` computed only at the
-    ``[batch, k]`` selected entries (a sampled dense-dense matmul on the CSR pattern), so the
-    gathered ``[batch, k, d]`` rows are never materialised."""
+    ``[batch, k]`` selected entries (a sampled dense-dense matmul), so the gathered
+    ``[batch, k, d]`` rows are never materialised."""
     batch, width = indices.shape
     if indices.device.type != "cpu" or grad.dtype not in (torch.float32, torch.float64):
         # sampled_addmm covers CPU fp32/fp64; elsewhere gather the rows in bounded chunks
@@ -129,15 +132,21 @@ def _sampled_dots(indices: torch.Tensor, grad: torch.Tensor, table: torch.Tensor
             rows = table[indices[s : s + step]].to(grad.dtype)  # [chunk, k, d_in]
             out[s : s + step] = torch.bmm(rows, grad[s : s + step, :, None]).squeeze(-1)
         return out
-    # The CPU kernel computes each stored entry's dot on its own, so the columns of a row
-    # need not be sorted (the tests compare with the gathered reference on top-k's
-    # unordered indices): no sort, no scatter back.
-    crow = torch.arange(0, batch * width + 1, width, device=indices.device)
+    # Computed latent by latent ([n_latents x batch] pattern, one row per latent's bag): each
+    # table row is read once and dotted with the batch rows that chose it (the small ``grad``
+    # stays in cache), instead of re-reading a table row for every entry that names it; then
+    # put back in [batch, k] order. The kernel computes each entry's dot on its own, so the
+    # values are the same either way.
+    order, members, offsets = (bags or LatentBags())(indices, table.shape[0])
+    crow = torch.cat([offsets, offsets.new_full((1,), batch * width)])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        pattern = torch.sparse_csr_tensor(crow, indices.reshape(-1), torch.zeros(batch * width, dtype=grad.dtype,
-                                          device=grad.device), size=(batch, table.shape[0]), check_invariants=False)
-        return torch.sparse.sampled_addmm(pattern, grad, table.t().to(grad.dtype), beta=0.0).values().view(batch, width)
+        pattern = torch.sparse_csr_tensor(crow, members, torch.zeros(batch * width, dtype=grad.dtype, device=grad.device),
+                                          size=(table.shape[0], batch), check_invariants=False)
+        by_latent = torch.sparse.sampled_addmm(pattern, table.to(grad.dtype), grad.t(), beta=0.0).values()
+    out = torch.empty(batch * width, dtype=grad.dtype, device=grad.device)
+    out[order] = by_latent
+    return out.view(batch, width)
 
 
 def _rows_weighted_sum(indices: torch.Tensor, weights: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -149,6 +158,7 @@ class _SparseEncode(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, select: Selector, select_dtype, bags, center, scratch):
         # x: [B, d_in]; weight: [n_latents, d_in]; bias: [n_latents]; center: [d_in] or None
+        bags = bags or LatentBags()  # one sort of the indices for the exact values and the backward
         if center is not None:
             x = x - center
         if select_dtype is None or select_dtype == x.dtype:
@@ -164,7 +174,7 @@ class _SparseEncode(torch.autograd.Function):
                 rough = torch.addmm(bias.to(select_dtype), x.to(select_dtype), cheap_weight.t(), out=out)
             rough_values, indices = select(rough)
             del rough
-            exact = _sampled_dots(indices, x, weight) + bias[indices]
+            exact = _sampled_dots(indices, x, weight, bags) + bias[indices]
             # Keep what the rule kept, where the exact value agrees in sign (a ReLU rule
             # drops a latent whose exact pre-activation is not positive).
             kept = (rough_values != 0) & (torch.sign(exact) == torch.sign(rough_values.to(exact.dtype)))
@@ -203,7 +213,7 @@ class _SparseDecode(torch.autograd.Function):
     def forward(ctx, values, indices, weight, bags):
         # values, indices: [B, k]; weight (decoder): [n_latents, d_in]
         ctx.save_for_backward(values, indices, weight)
-        ctx.bags = bags
+        ctx.bags = bags or LatentBags()
         return _rows_weighted_sum(indices, values, weight)
 
     @staticmethod
@@ -212,7 +222,7 @@ class _SparseDecode(torch.autograd.Function):
         grad_values = grad_weight = None
         if ctx.needs_input_grad[0]:
             # <grad_out[b], weight[indices[b, j]]>
-            grad_values = _sampled_dots(indices, grad_out, weight).to(values.dtype)
+            grad_values = _sampled_dots(indices, grad_out, weight, ctx.bags).to(values.dtype)
         if ctx.needs_input_grad[2]:
             grad_weight = _latent_sums(indices, values, grad_out, weight.shape[0], ctx.bags).to(weight.dtype)
         return grad_values, None, grad_weight, None
