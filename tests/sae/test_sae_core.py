@@ -49,7 +49,7 @@ def test_sparse_kernels_match_plain_autograd(rule_cls, n):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("rows,n,k", [(7, 4096, 32), (5, 4000, 8), (9, 2048, 1), (3, 1024, 64), (4, 100, 32), (3, 6144, 32), (2, 4099, 16)])
+@pytest.mark.parametrize("rows,n,k", [(7, 4096, 32), (5, 4000, 8), (9, 2048, 1), (3, 1024, 64), (4, 100, 32), (3, 6144, 32), (2, 4099, 16), (4, 16384, 32), (3, 16384, 4)])
 def test_row_topk_gives_torch_topk_values(dtype, rows, n, k):
     torch.manual_seed(n + k)
     x = torch.randn(rows, n)

@@ -28,30 +28,37 @@ def row_topk(x: torch.Tensor, k: int):
     groups' ``s * k`` members. Every top-``k`` element lies in one of the ``k`` groups with
     the largest maxima (else ``k`` group maxima, plus it, would all be larger), so the
     values are exactly the top ``k``; only which of several tied entries is returned may
-    differ, as it may between torch's own kernels. Two top-k passes over ``n / s`` and
-    ``s * k`` entries replace one over ``n``; ``s`` ~ sqrt(n / k) minimises their sum. The
-    members are gathered from a ``[rows, s, n / s]`` view (no flat index tensor).
+    differ, as it may between torch's own kernels. The ``k`` best groups are found the same
+    way while the maxima are still wide (``>= 16 k``), and ``s`` is ~sqrt(n / k), at most 8
+    (measured fastest: bf16 ``[1024 x 4096]``, k 32: 7.5 ms for torch's top-k, 5.3 in one
+    level of groups, 4.4 in two; ``[1024 x 16384]``: 12.5 in one, 8.7-10 in two).
     """
     *lead, n = x.shape
     k = min(k, n)
     # Narrower rows keep torch's kernel: little to gain there, and the order of the returned
     # indices (hence float rounding downstream) stays what the small SAEs' figures were made with.
-    if x.device.type != "cpu" or k == 0 or n < 64 * k:
+    if (x.device.type != "cpu" or k == 0 or n < 64 * k
+            or x.dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16)):
         return x.topk(k, dim=-1, sorted=False)
-    # s a power of two minimising n/s + s*k; on a tie the smaller (its gather is smaller)
-    splits = [1 << p for p in range(1, n.bit_length()) if n % (1 << p) == 0]
-    if not splits or x.dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+    values, indices = _grouped_topk(x.reshape(-1, n).contiguous(), k)
+    return values.view(*lead, k), indices.view(*lead, k)
+
+
+def _grouped_topk(x: torch.Tensor, k: int):
+    """:func:`row_topk` on ``[rows, n]`` (contiguous, ``n >= 16 k``)."""
+    rows, n = x.shape
+    s = min(8, 1 << max(1, int(math.log2(math.sqrt(n / k)))))
+    if n % s:
         return x.topk(k, dim=-1, sorted=False)
-    s = min(splits, key=lambda s: (n // s + s * k, s))
     groups = n // s
-    x = x.reshape(-1, s, groups)  # x[r, i, g] = column i * groups + g of row r
-    rows = x.shape[0]
-    _, best = x.amax(1).topk(k, dim=-1, sorted=False)  # [rows, k]: the chosen groups
+    x = x.view(rows, s, groups)  # x[r, i, g] = column i * groups + g of row r
+    maxima = x.amax(1)
+    _, best = _grouped_topk(maxima, k) if groups >= 16 * k else maxima.topk(k, dim=-1, sorted=False)  # [rows, k]
     members = x.gather(2, best[:, None, :].expand(rows, s, k)).view(rows, s * k)
     values, pick = members.topk(k, dim=-1, sorted=False)
     # member i * k + j is column i * groups + best[j]
     indices = torch.div(pick, k, rounding_mode="floor") * groups + best.gather(1, pick % k)
-    return values.view(*lead, k), indices.view(*lead, k)
+    return values, indices
 
 
 class Scratch:
@@ -96,10 +103,12 @@ class LatentBags:
         if self._key != key:
             batch, width = indices.shape
             flat = indices.reshape(-1)
-            order = torch.argsort(flat, stable=True)
-            members = torch.arange(batch, device=indices.device).repeat_interleave(width)[order]
-            offsets = torch.zeros(n_latents, dtype=torch.int64, device=indices.device)
-            offsets[1:] = torch.bincount(flat, minlength=n_latents).cumsum(0)[:-1]
+            # a stable sort gives the same order whatever the key dtype; int32 keys sort faster
+            keys = flat.to(torch.int32) if n_latents < 2**31 else flat
+            order = torch.argsort(keys, stable=True)
+            members = torch.div(order, width, rounding_mode="floor")  # entry b * width + j is row b's
+            counts = torch.bincount(flat, minlength=n_latents)
+            offsets = counts.cumsum(0) - counts
             self._key, self._bags = key, (order, members, offsets)
         return self._bags
 
