@@ -7,7 +7,9 @@ alternating order (ours first, then theirs first, ...), each in a fresh process
 (``benchmarks.train_throughput`` in this environment, ``benchmarks.peer_sparsify`` in
 ``.venv-peers``), and reports every pair's throughput ratio, their median, and each
 run's quality (FVU, recovered planted directions) and share of the pair's FLOP floor (the
-floor from the faster of the dense matmul rates the two runs measured).
+floor from the faster of the dense matmul rates the two runs measured). Both time their
+training loops; ours also gives ``wall_samples_per_s``, over its whole ``train_sae`` call
+(set-up and the final save included).
 
 Run: ``python -m benchmarks.train_vs_sparsify --out benchmarks/results/train_vs_sparsify.json``
 (``--setting``, ``--samples``, ``--repeats``; creates ``.venv-peers`` on first use).
@@ -40,8 +42,8 @@ def _run(python: str, module: str, setting: str, samples: int) -> dict:
 
 
 def _summary(run: dict) -> dict:
-    keys = ("samples_per_s", "step_ms", "fraction_of_pair_floor", "fvu", "recovered", "peak_rss_mb")
-    return {key: run[key] for key in keys}
+    keys = ("samples_per_s", "step_ms", "fraction_of_pair_floor", "fvu", "recovered", "peak_rss_mb", "wall_samples_per_s")
+    return {key: run[key] for key in keys if key in run}
 
 
 def main(argv=None) -> int:
