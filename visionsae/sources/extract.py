@@ -97,7 +97,7 @@ def extract(
     """
     from tqdm.auto import tqdm
 
-    from visionsae.sources.memory import keep_freed_memory
+    from visionsae.memory import keep_freed_memory
 
     keep_freed_memory()  # else the model's intermediates are page-faulted in again every batch
     state = None

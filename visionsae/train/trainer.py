@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from ..memory import keep_freed_memory
 from ..sae import SAEConfig, SparseAutoencoder
 from ..sae.config import FORMAT_VERSION
 from ..sae.io import atomic_save_tensors, atomic_write_bytes
@@ -136,6 +137,7 @@ class Trainer:
             raise ValueError("no activation batches: the data is empty")
         first = self._check_batch(first, 0)
 
+        keep_freed_memory()  # else each step's fresh gradients and temporaries are page-faulted in again
         torch.manual_seed(cfg.seed)
         sae = SparseAutoencoder(self.sae_cfg, device=acc.device)
         sae.init_from_data_(first, cfg.b_dec_init)

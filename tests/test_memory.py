@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-CODE = "from visionsae.sources.memory import keep_freed_memory as k; print(k(), k())"
+CODE = "from visionsae.memory import keep_freed_memory as k; print(k(), k())"
 
 
 def _run(env_value):
