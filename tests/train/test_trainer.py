@@ -195,3 +195,12 @@ def test_gradient_clipping_scales_only_when_the_norm_is_above_the_limit(scale, c
     else:
         assert norm_before < 1.0
         assert all(torch.equal(a, b) for a, b in zip(after, before))
+
+
+def test_a_latent_fires_only_where_its_value_is_non_zero():
+    from visionsae.sae import SparseCode
+    from visionsae.train.trainer import fired_latents
+
+    # latent 1 is chosen twice with value 0 (a ReLU'd slot), latent 3 once with a value; 4 never
+    code = SparseCode(torch.tensor([[0.5, 0.0], [0.0, -2.0]]), torch.tensor([[0, 1], [1, 3]]))
+    assert fired_latents(code, 5).tolist() == [True, False, False, True, False]
