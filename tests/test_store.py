@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -273,3 +274,16 @@ def test_two_processes_with_accelerate(tmp_path):
     extract(ModuleSource(_Slow(), "proj"), _inputs(30), single, batch_size=4, shard_rows=12, progress=False)
     a, b = _all_rows(ActivationStore.open(single)), _all_rows(ActivationStore.open(out))
     assert torch.equal(a.acts, b.acts) and torch.equal(a.input_id, b.input_id)
+
+
+@pytest.mark.parametrize("first,batch", [(0, 5), (3, 5), (0, 1), (2, 3), (0, 64)])  # first < batch, as for a carry
+def test_sorting_within_batches_keeps_each_batch_s_rows(first, batch):
+    from visionsae.store import _sort_within_batches
+
+    rng = np.random.default_rng(first + batch)
+    window_rows = 100
+    order = rng.permutation(window_rows)[:83]  # a kinds filter may leave some rows out
+    got = _sort_within_batches(order, window_rows, first, batch)
+    bounds = [0, first] + list(range(first + batch, len(order), batch)) + [len(order)]
+    for a, b in zip(bounds, bounds[1:]):
+        assert list(got[a:b]) == sorted(order[a:b])
