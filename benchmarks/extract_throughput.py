@@ -4,8 +4,11 @@ EfficientNet-Lite0 on real photos).
 
 The extraction figure includes everything a user pays: tokenising or decoding + preprocessing,
 the hook, token kinds and input records, and writing checksummed shards. The bare figure is
-only ``model(inputs)`` on inputs prepared beforehand. Runs are interleaved and the medians kept,
-so that load from other processes hits both alike.
+only ``model(inputs)`` on inputs prepared beforehand, with the model as given. Image
+extraction runs a CNN in the channels-last layout (``ImageSource(nhwc=...)``); for it the
+bare forward in that layout is measured too (``ratio_same_layout``: extraction's overhead
+alone, without the layout's gain). Runs are interleaved and the medians kept, so that load
+from other processes hits all alike.
 
     python -m benchmarks.extract_throughput --out extract_throughput.json
 """
@@ -13,6 +16,7 @@ so that load from other processes hits both alike.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
@@ -30,18 +34,26 @@ def _rate(fn, n_inputs: int) -> tuple[float, float]:
     return n_inputs / (time.perf_counter() - t), n_inputs / (time.process_time() - c)
 
 
-def _compare(bare, ours, n_inputs: int, repeats: int) -> dict:
-    bare()
-    ours()  # warm up
-    b, o = [], []
+def _compare(bare, ours, n_inputs: int, repeats: int, same_layout=None) -> dict:
+    """``same_layout``: a second bare forward, in the memory layout extraction runs the model
+    in (when that differs from the model as given), reported as ``ratio_same_layout``."""
+    runs = {"bare": bare, "ours": ours, **({"same": same_layout} if same_layout else {})}
+    for fn in runs.values():
+        fn()  # warm up
+    rates = {name: [] for name in runs}
     for _ in range(repeats):  # interleaved
-        b.append(_rate(bare, n_inputs))
-        o.append(_rate(ours, n_inputs))
-    bw, bc = (statistics.median(x[i] for x in b) for i in (0, 1))
-    ow, oc = (statistics.median(x[i] for x in o) for i in (0, 1))
-    return {"bare_forward_inputs_per_s": bw, "extract_inputs_per_s": ow, "ratio": ow / bw,
-            "bare_forward_inputs_per_cpu_s": bc, "extract_inputs_per_cpu_s": oc, "ratio_cpu": oc / bc,
-            "wall_ratios": [x[0] / y[0] for x, y in zip(o, b)]}
+        for name, fn in runs.items():
+            rates[name].append(_rate(fn, n_inputs))
+    bw, bc = (statistics.median(x[i] for x in rates["bare"]) for i in (0, 1))
+    ow, oc = (statistics.median(x[i] for x in rates["ours"]) for i in (0, 1))
+    out = {"bare_forward_inputs_per_s": bw, "extract_inputs_per_s": ow, "ratio": ow / bw,
+           "bare_forward_inputs_per_cpu_s": bc, "extract_inputs_per_cpu_s": oc, "ratio_cpu": oc / bc,
+           "wall_ratios": [x[0] / y[0] for x, y in zip(rates["ours"], rates["bare"])]}
+    if same_layout:
+        sw = statistics.median(x[0] for x in rates["same"])
+        out |= {"bare_same_layout_inputs_per_s": sw, "ratio_same_layout": ow / sw,
+                "wall_ratios_same_layout": [x[0] / y[0] for x, y in zip(rates["ours"], rates["same"])]}
+    return out
 
 
 def bench_text(n_prompts: int, batch_size: int, repeats: int, tmp: Path) -> list[dict]:
@@ -99,15 +111,23 @@ def bench_images(n_images: int, batch_size: int, repeats: int, tmp: Path) -> lis
         paths.append(str(p))
     loaded = load_model("efficientnet-lite0")
     model, pre = loaded.model, loaded.processor
+    as_given = copy.deepcopy(model)  # the source converts its model to channels-last in place
+    nhwc_model = copy.deepcopy(model).to(memory_format=torch.channels_last)
     src = ImageSource(model, "_bn1", preprocess=pre, stop_early=False)
     from visionsae.sources.image import load_image
 
     pixels = [torch.stack([pre(load_image(p)) for p in paths[i : i + batch_size]]) for i in range(0, n_images, batch_size)]
+    pixels_nhwc = [x.contiguous(memory_format=torch.channels_last) for x in pixels]
 
     def bare():
         with torch.no_grad():
             for x in pixels:
-                model(x)
+                as_given(x)
+
+    def bare_nhwc():
+        with torch.no_grad():
+            for x in pixels_nhwc:
+                nhwc_model(x)
 
     runs = iter(range(10**6))
 
@@ -116,7 +136,8 @@ def bench_images(n_images: int, batch_size: int, repeats: int, tmp: Path) -> lis
 
     res = {"model": "EfficientNet-Lite0", "inputs": f"{n_images} JPEG photos (decoded, resized, cropped to 224)",
            "hook": "_bn1 (1280 x 7 x 7)", "what": "full forward; extraction includes JPEG decoding and preprocessing",
-           "batch_size": batch_size, **_compare(bare, ours, n_images, repeats)}
+           "nhwc": src.nhwc, "batch_size": batch_size,
+           **_compare(bare, ours, n_images, repeats, same_layout=bare_nhwc if src.nhwc else None)}
     print(json.dumps(res))
     return [res]
 

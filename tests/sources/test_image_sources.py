@@ -27,6 +27,7 @@ def test_dinov2_with_registers_kinds_and_rows():
                                     image_size=28, patch_size=7, num_register_tokens=4)
     model = Dinov2WithRegistersModel(cfg).eval()
     src = ImageSource(model, "encoder.layer.1")
+    assert not src.nhwc  # a ViT's only convolution is its patch embedding: the layout stays
     images = _photos(3)
     batch = src.encode(images, 5)
     T = 1 + 4 + 16
@@ -111,6 +112,53 @@ def test_cnn_feature_map_tokens_and_stop_early():
     assert (b1.kind == TokenKind.PATCH).all() and b1.records[0]["grid"] == [8, 6]
     pooled = ImageSource(net, "5", preprocess=pre).encode(images, 0)
     assert pooled.acts.shape == (3, 16) and (pooled.kind == TokenKind.POOLED).all()
+
+
+def _small_cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1),
+                         nn.ReLU(), nn.Conv2d(16, 16, 3, groups=16, padding=1)).eval()
+
+
+def test_cnn_runs_channels_last_with_the_same_rows():
+    import copy
+
+    net = _small_cnn()
+    untouched = copy.deepcopy(net)
+    pre = ImagePreprocess((32, 24), 32)
+    fast, plain = ImageSource(net, "4", preprocess=pre), ImageSource(untouched, "4", preprocess=pre, nhwc=False)
+    assert fast.nhwc and not plain.nhwc
+    images = _photos(3)
+    a, b = fast.encode(images, 0), plain.encode(images, 0)
+    torch.testing.assert_close(a.acts, b.acts, rtol=1e-5, atol=1e-6)
+    assert a.records == b.records and torch.equal(a.kind, b.kind)
+    assert net[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert untouched[0].weight.is_contiguous() and not untouched[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_a_model_that_cannot_take_nhwc_input_falls_back_or_raises_when_asked():
+    class Flattening(nn.Module):  # views its input as [B, 3*H*W]: needs the usual layout
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.full((3 * 8 * 8,), 0.5))
+            self.conv2d = nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            y = x.view(x.shape[0], -1) * self.scale
+            return self.conv2d(y.view(x.shape))
+
+    pre = ImagePreprocess((8, 8), 8)
+    images = _photos(2)
+    torch.manual_seed(0)
+    net = Flattening().eval()
+    expected = ImageSource(net, "conv2d", preprocess=pre, nhwc=False).encode(images, 0).acts
+    src = ImageSource(net, "conv2d", preprocess=pre)
+    with pytest.warns(UserWarning, match="channels-last input"):
+        got = src.encode(images, 0).acts
+    assert not src.nhwc and torch.equal(got, expected)
+    assert torch.equal(src.encode(images, 0).acts, expected)  # no second attempt
+    with pytest.raises(RuntimeError):
+        ImageSource(net, "conv2d", preprocess=pre, nhwc=True).encode(images, 0)
 
 
 def test_module_called_twice_keeps_last_call():

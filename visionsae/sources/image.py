@@ -11,6 +11,7 @@ processor or config), and any PIL mode is accepted (RGB, L, RGBA, P, CMYK, 16-bi
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -248,6 +249,13 @@ class ImageSource(ActivationSource):
         ``forward_features``, ``encode_image``, ``model(pixel_values=...)``, ``model(x)``).
     channels_last:
         A 4-D hook output is ``[B, H, W, C]`` (some timm CNNs), not ``[B, C, H, W]``.
+    nhwc:
+        Run a convolutional model in the channels-last memory format: its 4-D weights are
+        converted in place on first use and pixel batches are passed NHWC (the same shapes
+        and values up to float rounding; EfficientNet-Lite0's forward ran 1.3-1.4x faster on
+        this project's 2-core CPU). ``None`` (default): on for models with ``Conv2d`` layers
+        other than ViTs; if such a model fails on NHWC input (a ``view`` of its input, ...)
+        the source warns and goes back to the usual layout. ``False`` leaves the model as is.
     on_error:
         ``"raise"``: an unreadable file stops with an error naming it; ``"skip"``: it is left
         out and listed in the batch's ``skipped`` (and the store's manifest).
@@ -267,6 +275,7 @@ class ImageSource(ActivationSource):
         patch_size: int | None = None,
         forward: Callable[[torch.Tensor], Any] | None = None,
         channels_last: bool = False,
+        nhwc: bool | None = None,
         on_error: str = "raise",
         **kw,
     ):
@@ -286,6 +295,10 @@ class ImageSource(ActivationSource):
         self.seq_first = fam.seq_first
         self.channels_last = channels_last
         self.on_error = on_error
+        self._nhwc_auto = nhwc is None
+        self.nhwc = nhwc if nhwc is not None else (
+            fam.patch_size is None and any(isinstance(m, nn.Conv2d) for m in model.modules()))
+        self._nhwc_done = False
 
     def describe(self) -> dict:
         pp = self.preprocess.to_dict() if hasattr(self.preprocess, "to_dict") else {"callable": type(self.preprocess).__qualname__}
@@ -333,11 +346,32 @@ class ImageSource(ActivationSource):
             return ActivationBatch(e.reshape(0, 0), e.long(), e.int(), e.to(torch.uint8), [], skipped)
         return self.encode_pixels(x, ids, items=items, skipped=skipped)
 
+    def _run_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """The hooked output for pixel batch ``x``, in the NHWC layout when ``nhwc`` is on."""
+        if not self.nhwc:
+            return self._capture(lambda: self._forward(x))
+        if not self._nhwc_done:
+            self.model.to(memory_format=torch.channels_last)
+        x_nhwc = x.contiguous(memory_format=torch.channels_last)
+        if self._nhwc_done or not self._nhwc_auto:
+            self._nhwc_done = True
+            return self._capture(lambda: self._forward(x_nhwc))
+        try:  # first batch of an automatic choice: a model may not take NHWC input
+            out = self._capture(lambda: self._forward(x_nhwc))
+        except RuntimeError as exc:
+            warnings.warn(f"{type(self.model).__name__} failed on channels-last input ({exc}); running it in the "
+                          "usual layout (pass nhwc=False to skip the attempt)", stacklevel=3)
+            self.nhwc = False
+            self.model.to(memory_format=torch.contiguous_format)
+            return self._capture(lambda: self._forward(x))
+        self._nhwc_done = True
+        return out
+
     def encode_pixels(self, x: torch.Tensor, ids: Sequence[int], *, items: Sequence[Any] | None = None,
                       skipped: list[dict] | None = None) -> ActivationBatch:
         """Rows of preprocessed images ``x`` [B, 3, H, W] with input ids ``ids``."""
         x = x.to(self.device, next(self.model.parameters()).dtype)
-        out = self._capture(lambda: self._forward(x))
+        out = self._run_pixels(x)
         if self.seq_first and out.ndim == 3 and out.shape[1] == x.shape[0]:
             out = out.transpose(0, 1)
         tokens = tokens_of(out, channels_last=self.channels_last)
