@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from visionsae.cli import main
@@ -119,3 +120,15 @@ def test_top_inputs_are_the_real_maxima(photos, tmp_path, capsys):
         assert hits[0]["value"] == pytest.approx(float(dense[best, f]), rel=1e-5)
         assert res.frequency[f] == pytest.approx(float((dense[:, f] > 0).float().mean()))
     assert all(k == TokenKind.PATCH for k in torch.cat([r.kind for r in rows]).tolist())
+
+
+def test_no_nhwc_gives_the_same_rows(photos, tmp_path, capsys):
+    stores = []
+    for flags in ([], ["--no-nhwc"]):
+        out = tmp_path / f"store{len(stores)}"
+        assert main(["extract", "--model", "efficientnet-lite0", "--hook", "_blocks.15", "--inputs", str(photos),
+                     "--out", str(out), "--skip-unreadable", "--batch-size", "4", "--no-progress", *flags]) == 0
+        stores.append(next(ActivationStore.open(out).iter_shards()).acts)
+    capsys.readouterr()
+    assert stores[0].shape == (6 * 49, 320)
+    torch.testing.assert_close(stores[0], stores[1], rtol=1e-4, atol=1e-4)  # float rounding of another conv kernel

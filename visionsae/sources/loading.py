@@ -205,6 +205,7 @@ def build_source(loaded: LoadedModel, input_kind: str, *, hook: str | None = Non
     text_opts = {k: options.pop(k) for k in ("max_length", "padding", "attention_mask", "skip_start", "skip_padding")
                  if k in options}
     on_error = options.pop("on_error", "raise")
+    nhwc = options.pop("nhwc", None)
     if options:
         raise ValueError(f"unknown source options: {sorted(options)}")
     if input_kind == "vlm":
@@ -222,5 +223,5 @@ def build_source(loaded: LoadedModel, input_kind: str, *, hook: str | None = Non
     if input_kind == "image":
         if loaded.kind not in ("image", "module"):
             raise ValueError(f"image inputs need an image backbone, got a {loaded.kind} model")
-        return ImageSource(loaded.model, hook, preprocess=loaded.processor, on_error=on_error, **common)
+        return ImageSource(loaded.model, hook, preprocess=loaded.processor, on_error=on_error, nhwc=nhwc, **common)
     return ModuleSource(loaded.model, hook, **common)
