@@ -287,3 +287,23 @@ def test_sorting_within_batches_keeps_each_batch_s_rows(first, batch):
     bounds = [0, first] + list(range(first + batch, len(order), batch)) + [len(order)]
     for a, b in zip(bounds, bounds[1:]):
         assert list(got[a:b]) == sorted(order[a:b])
+
+
+def test_shards_stay_mapped_between_passes_within_the_budget(tmp_path, monkeypatch):
+    _write(tmp_path)  # 5 shards
+    store = ActivationStore.open(tmp_path)
+    mapped = []
+    real = ActivationStore._map_shard_files
+    monkeypatch.setattr(ActivationStore, "_map_shard_files", lambda self, i, verify: mapped.append(i) or real(self, i, verify))
+    first = torch.cat(list(store.batches(16, seed=1, buffer_shards=2)))
+    assert sorted(mapped) == [0, 1, 2, 3, 4]  # each shard mapped (and CRC-checked) once
+    second = torch.cat(list(store.batches(16, seed=1, buffer_shards=2)))
+    assert len(mapped) == 5 and torch.equal(first, second)  # a new generator maps nothing again
+    one_shard = sum(e["bytes"] for k, e in store.manifest["shards"][0]["files"].items() if k != "inputs")
+    store.map_cache_bytes = one_shard  # room for one shard: the rest are mapped again each pass
+    list(store.batches(16, seed=2, buffer_shards=2))
+    assert len(mapped) > 5 and len(store._mapped) == 1
+    store.map_cache_bytes = 0
+    before = len(mapped)
+    list(store.batches(16, seed=2, buffer_shards=2))
+    assert len(mapped) - before == 5 and len(store._mapped) == 0
