@@ -298,7 +298,7 @@ class ImageSource(ActivationSource):
         self._nhwc_auto = nhwc is None
         self.nhwc = nhwc if nhwc is not None else (
             fam.patch_size is None and any(isinstance(m, nn.Conv2d) for m in model.modules()))
-        self._nhwc_done = False
+        self._model_nhwc = False  # the model's weights converted (on the first batch)
 
     def describe(self) -> dict:
         pp = self.preprocess.to_dict() if hasattr(self.preprocess, "to_dict") else {"callable": type(self.preprocess).__qualname__}
@@ -350,22 +350,21 @@ class ImageSource(ActivationSource):
         """The hooked output for pixel batch ``x``, in the NHWC layout when ``nhwc`` is on."""
         if not self.nhwc:
             return self._capture(lambda: self._forward(x))
-        if not self._nhwc_done:
+        first = not self._model_nhwc
+        if first:
             self.model.to(memory_format=torch.channels_last)
+            self._model_nhwc = True
         x_nhwc = x.contiguous(memory_format=torch.channels_last)
-        if self._nhwc_done or not self._nhwc_auto:
-            self._nhwc_done = True
+        if not (first and self._nhwc_auto):
             return self._capture(lambda: self._forward(x_nhwc))
         try:  # first batch of an automatic choice: a model may not take NHWC input
-            out = self._capture(lambda: self._forward(x_nhwc))
+            return self._capture(lambda: self._forward(x_nhwc))
         except RuntimeError as exc:
             warnings.warn(f"{type(self.model).__name__} failed on channels-last input ({exc}); running it in the "
                           "usual layout (pass nhwc=False to skip the attempt)", stacklevel=3)
             self.nhwc = False
             self.model.to(memory_format=torch.contiguous_format)
             return self._capture(lambda: self._forward(x))
-        self._nhwc_done = True
-        return out
 
     def encode_pixels(self, x: torch.Tensor, ids: Sequence[int], *, items: Sequence[Any] | None = None,
                       skipped: list[dict] | None = None) -> ActivationBatch:
