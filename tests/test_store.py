@@ -289,6 +289,26 @@ def test_sorting_within_batches_keeps_each_batch_s_rows(first, batch):
         assert list(got[a:b]) == sorted(order[a:b])
 
 
+def test_a_pass_over_shards_already_mapped_starts_no_thread(tmp_path):
+    import threading
+
+    _write(tmp_path)  # 5 shards
+    store = ActivationStore.open(tmp_path)
+    first = torch.cat(list(store.batches(16, seed=1, buffer_shards=2)))  # maps and CRC-checks in threads
+    ours = lambda: [t.name for t in threading.enumerate() if t.name.startswith("visionsae-store")]  # noqa: E731
+    assert ours() == []  # the first generator's threads ended with it
+    seen, batches = set(), []
+    for x in store.batches(16, seed=1, buffer_shards=2):
+        seen.update(ours())
+        batches.append(x)
+    assert seen == set() and torch.equal(torch.cat(batches), first)
+    store.map_cache_bytes = 0  # nothing cached: the next windows are mapped in the background again
+    seen.clear()
+    for _ in store.batches(16, seed=1, buffer_shards=2):
+        seen.update(ours())
+    assert any(name.startswith("visionsae-store-prefetch") for name in seen)
+
+
 def test_shards_stay_mapped_between_passes_within_the_budget(tmp_path, monkeypatch):
     _write(tmp_path)  # 5 shards
     store = ActivationStore.open(tmp_path)

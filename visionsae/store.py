@@ -899,6 +899,12 @@ class ActivationStore:
             # parallel too where the CRC releases the GIL (zlib's does; ISA-L's is fast enough alone)
             return list(checker.map(lambda i: self._map_shard(i, verify), group))
 
+        def cached(group: list[int]) -> list[_MappedShard] | None:
+            # the window at once when every shard of it is mapped and checked already (no thread
+            # to start or hand over to: a pass over a cached store starts ~1.5 ms sooner)
+            shards = [self._cached_shard(i, verify) for i in group]
+            return None if any(m is None for m in shards) else shards
+
         keep_np = None if keep is None else keep.numpy()
         carry: torch.Tensor | None = None  # < batch_size rows left from the previous window
         rows_this_pass = 0
@@ -917,9 +923,12 @@ class ActivationStore:
                         yield carry
                         carry = None
                     continue
-                shards = pending.result() if pending is not None else load(group)
-                nxt = peek_group()  # map and CRC-check it in the background while this one is served
-                pending = pool.submit(load, nxt) if nxt is not None else None
+                if pending is None:
+                    shards = cached(group) or load(group)
+                else:
+                    shards = pending if isinstance(pending, list) else pending.result()
+                nxt = peek_group()  # mapped and CRC-checked in the background while this one is served
+                pending = None if nxt is None else (cached(nxt) or pool.submit(load, nxt))
                 starts = np.cumsum([0] + [m.rows for m in shards])
                 sel = None
                 if keep_np is not None:
@@ -953,15 +962,23 @@ class ActivationStore:
             pool.shutdown(wait=True, cancel_futures=True)
             checker.shutdown(wait=True, cancel_futures=True)
 
-    def _map_shard(self, i: int, verify: bool) -> "_MappedShard":
-        """Shard ``i``'s activations and token kinds, memory-mapped (CRC-checked on first use),
-        from the reader's cache of mappings when it holds them (see ``map_cache_bytes``)."""
-        verify = verify and i not in self._verified
+    def _cached_shard(self, i: int, verify: bool) -> "_MappedShard | None":
+        """Shard ``i`` from the reader's cache of mappings (see ``map_cache_bytes``), or None
+        when it is not there or still has to be CRC-checked."""
+        if verify and i not in self._verified:
+            return None
         with self._mapped_lock:
-            hit = None if verify else self._mapped.get(i)
+            hit = self._mapped.get(i)
             if hit is not None:
                 self._mapped.move_to_end(i)
-                return hit[0]
+            return None if hit is None else hit[0]
+
+    def _map_shard(self, i: int, verify: bool) -> "_MappedShard":
+        """Shard ``i``'s activations and token kinds, memory-mapped (CRC-checked on first use),
+        from the reader's cache of mappings when it holds them."""
+        if (hit := self._cached_shard(i, verify)) is not None:
+            return hit
+        verify = verify and i not in self._verified
         mapped = self._map_shard_files(i, verify)
         size = sum(e["bytes"] for kind, e in self.manifest["shards"][i]["files"].items() if kind != "inputs")
         with self._mapped_lock:
