@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, tuple[str, str, list[str], list[str]]] = {
     "train_throughput": ("project", "benchmarks.train_throughput", [], ["--setting", "default", "--samples", "204800"]),
     "peer_sparsify": ("peers", "benchmarks.peer_sparsify", [], ["--samples", "204800"]),
     "train_vs_sparsify": ("project", "benchmarks.train_vs_sparsify", [], ["--samples", "204800", "--repeats", "1"]),
+    "extract_throughput": ("project", "benchmarks.extract_throughput", [], ["--prompts", "256", "--images", "16", "--repeats", "1"]),
     "store_read": ("project", "benchmarks.store_read", [], []),
     "audit_throughput": ("project", "benchmarks.audit_throughput", [], ["--images", "64", "--repeats", "1"]),
     "app_latency": ("project", "benchmarks.app_latency", [], ["--requests", "3"]),
