@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import write_json
 
 def _rate(fn, n_inputs: int) -> tuple[float, float]:
     """(inputs per wall-clock second, inputs per CPU second of this process)."""
@@ -161,8 +162,7 @@ def main(argv=None) -> int:
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()},
         "results": results,
     }
-    if args.out:
-        Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    write_json(args.out, out)
     return 0
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks import write_json
 from visionsae.store import ActivationBatch, ActivationStore, ShardWriter
 
 
@@ -213,8 +214,7 @@ def main(argv=None) -> int:
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": torch.get_num_threads()},
         "results": results,
     }
-    if args.out:
-        Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    write_json(args.out, out)
     return 0
 
 

@@ -1114,7 +1114,7 @@ def _sort_within_batches(order: np.ndarray, window_rows: int, first: int, batch_
     return np.argsort(key, kind="stable")[: len(order)]
 
 
-def _gather_mapped(shards: list[_MappedShard], starts: np.ndarray, rows: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+def _gather_mapped(shards: list[_MappedShard], starts: np.ndarray, rows: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     """Rows ``rows`` (window indices, ascending: storage order reads faster, and the reader
     sorts each batch's rows once per window) of the mapped shards as a tensor of ``dtype``.
 

@@ -355,11 +355,11 @@ class ImageSource(ActivationSource):
             self.model.to(memory_format=torch.channels_last)
             self._model_nhwc = True
         x_nhwc = x.contiguous(memory_format=torch.channels_last)
-        if not (first and self._nhwc_auto):
-            return self._capture(lambda: self._forward(x_nhwc))
-        try:  # first batch of an automatic choice: a model may not take NHWC input
+        try:
             return self._capture(lambda: self._forward(x_nhwc))
         except RuntimeError as exc:
+            if not (first and self._nhwc_auto):  # only the first batch of an automatic choice falls back
+                raise
             warnings.warn(f"{type(self.model).__name__} failed on channels-last input ({exc}); running it in the "
                           "usual layout (pass nhwc=False to skip the attempt)", stacklevel=3)
             self.nhwc = False
