@@ -66,8 +66,8 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from demos.app import build_ui, launch
-    from demos.app_backend import Eraser
+    from visionsae.demos.app import build_ui, launch
+    from visionsae.demos.app_backend import Eraser
 
     start = time.perf_counter()
     eraser = Eraser.zoo()

@@ -79,7 +79,7 @@ class Eraser:
     @classmethod
     def zoo(cls, device: str = "cpu", label_prompts: Sequence[str] | None = None) -> "Eraser":
         """The embedded zoo model with its text SAE and class concepts, with ``visionsae demo``'s defaults."""
-        from pipelines.itd import ItDStableDiffusionPipeline
+        from visionsae.pipelines.itd import ItDStableDiffusionPipeline
         from visionsae.concepts import ConceptSet
         from visionsae.demo_main import PROMPTS
         from visionsae.sae import SparseAutoencoder
@@ -104,7 +104,7 @@ class Eraser:
     def from_paths(cls, model: str, sae: str, concepts: str, device: str = "cpu",
                    label_prompts: Sequence[str] | None = None) -> "Eraser":
         """A Stable Diffusion 1.x / 2.x pipeline (folder or Hugging Face id) with an SAE and concept set."""
-        from pipelines.itd import ItDStableDiffusionPipeline
+        from visionsae.pipelines.itd import ItDStableDiffusionPipeline
         from visionsae.concepts import ConceptSet
         from visionsae.sae import SparseAutoencoder
 
@@ -488,7 +488,7 @@ class Asker:
             return stock, self._unlearned_vqa(unlearn).ask([image], question)[0]
 
     def _unlearned_vqa(self, unlearn: Sequence[str]):
-        from pipelines.sauce import SAUCELlavaForConditionalGeneration
+        from visionsae.pipelines.sauce import SAUCELlavaForConditionalGeneration
         from visionsae.sae import SparseAutoencoder
         from visionsae.zoo import zoo_dir
         from visionsae.zoo.vqa import FashionVQA

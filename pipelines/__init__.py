@@ -1,23 +1,33 @@
-"""Drop-in diffusers / transformers pipelines with SAE feature edits (ItD, SAUCE)."""
+"""Drop-in diffusers / transformers pipelines with SAE feature edits (ItD, SAUCE).
+
+Installed as ``visionsae.pipelines``::
+
+    from visionsae.pipelines import ItDStableDiffusionPipeline, SAUCELlavaForConditionalGeneration
+
+The classes are imported on first use, so importing this package does not import diffusers
+or transformers.
+"""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+import importlib
+
+_EXPORTS = {
+    "ItDStableDiffusionPipeline": "itd",
+    "ItDStableDiffusionXLPipeline": "itd",
+    "ItDPipelineOutput": "itd",
+    "ItDXLPipelineOutput": "itd",
+    "SAUCELlavaForConditionalGeneration": "sauce",
+}
+
+__all__ = sorted(_EXPORTS)
 
 
-@contextmanager
-def diffusers_errors_only():
-    """Silence diffusers' warnings (not its errors) for the duration, then restore its level.
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    For warnings that are wrong for our use: "Expected types for text_encoder: CLIPTextModel,
-    got BertModel" when the zoo pipeline loads its MiniLM encoder, and "modules that should be
-    kept in float32: []" when ``from_pipe`` re-casts components to the dtype they already have
-    (diffusers 0.42 warns even when no module needs float32)."""
-    from diffusers.utils import logging as diffusers_logging
 
-    previous = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        diffusers_logging.set_verbosity(previous)
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

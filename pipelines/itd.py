@@ -28,7 +28,7 @@ from visionsae.control.itd import ItDEraser
 from visionsae.control.steer import steering_edit
 from visionsae.sae import SparseAutoencoder
 
-from . import diffusers_errors_only
+from visionsae.compat import diffusers_errors_only
 
 
 def _load_sae(sae: SparseAutoencoder | str | Path) -> SparseAutoencoder:

@@ -32,7 +32,7 @@ from typing import Any, Sequence
 # command path -> (module, one-line help)
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("demo",): ("visionsae.demo_main", "Run the main demo on the embedded zoo model (offline)."),
-    ("app",): ("demos.app", "Serve the web demo (Gradio, offline, 127.0.0.1): erase concepts, unlearn them in the VQA model, audits."),
+    ("app",): ("visionsae.demos.app", "Serve the web demo (Gradio, offline, 127.0.0.1): erase concepts, unlearn them in the VQA model, audits."),
     ("train",): ("visionsae.train.command", "Train a sparse autoencoder."),
     ("extract",): ("visionsae.sources.command", "Store a model's activations at a hook point (resumable)."),
     ("inspect",): ("visionsae.inspect_command", "An SAE's statistics and its features' top-activating inputs."),
@@ -59,7 +59,10 @@ GROUPS: dict[str, str] = {
 }
 
 
-class CLIError(Exception):
+from .errors import UsageError
+
+
+class CLIError(UsageError):
     """A failure the user can fix; printed as one line without a traceback."""
 
 

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from pipelines.itd import ItDStableDiffusionPipeline
+    from visionsae.pipelines.itd import ItDStableDiffusionPipeline
 
     from .eval.erasure import _grid, nchw
     from .zoo import CLASS_NAMES, load_fashion_judge, load_fashion_pipeline, zoo_dir

@@ -127,3 +127,34 @@ def test_bad_specs_are_refused():
         FeatureEdit(model, "0", sae, EditSpec([500]))
     with pytest.raises(ValueError, match="is not a module"):
         FeatureEdit(model, "layers.9", sae, EditSpec([1]))
+
+
+@pytest.mark.parametrize("mode,value", [("zero", 0.0), ("scale", -2.0)])
+def test_gradients_flow_through_an_edit_that_fires(mode, value):
+    model, sae, x = _setup()
+    model, sae, x = model.double(), sae.double(), x.double()
+    _, _, code = _layer_code(model, sae, x)
+    f = int(code.indices[0, 0][code.values[0, 0] > 0][0])
+    edit = FeatureEdit(model, "0", sae, EditSpec([f], mode=mode, value=value))
+    weight = model[0].weight
+
+    def loss():
+        return model(x).square().sum()
+
+    with edit:
+        loss().backward()
+        assert bool(edit.record.edited_tokens.any())  # the edit fired on this forward
+        grad = weight.grad.clone()
+        # the gradient is that of the edited function: a central difference on one weight agrees
+        i, j, eps = 3, 2, 1e-6
+        with torch.no_grad():
+            weight[i, j] += eps
+            up = loss()
+            weight[i, j] -= 2 * eps
+            down = loss()
+            weight[i, j] += eps
+    assert grad.abs().sum() > 0
+    torch.testing.assert_close(grad[i, j], (up - down) / (2 * eps), rtol=1e-4, atol=1e-6)
+    model.zero_grad()
+    loss().backward()  # without the edit the gradient differs: the edit is part of the function
+    assert not torch.allclose(model[0].weight.grad, grad)

@@ -22,7 +22,7 @@ DOG, KEEP = "a photo of a dog", ["a red car", "a bowl of soup", "mountains at da
 
 @pytest.fixture(scope="module")
 def sd_app(clip_tok, tmp_path_factory):
-    from demos.app_backend import Eraser
+    from visionsae.demos.app_backend import Eraser
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("sd-app")
@@ -66,7 +66,7 @@ def test_stable_diffusion_folder_erases_the_flagged_prompt_only(sd_app):
 
 
 def test_clip_prompt_limit_is_77_tokens(sd_app):
-    from demos.app_backend import AppError
+    from visionsae.demos.app_backend import AppError
 
     with pytest.raises(AppError, match="is 80 tokens long but this model's text encoder reads at most 77"):
         sd_app.erase(" ".join(["dog"] * 78), ["dog"], steps=2)

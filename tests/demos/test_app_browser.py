@@ -44,8 +44,8 @@ def app(tmp_path_factory):
     """(Eraser, URL) of the app serving the zoo on 127.0.0.1."""
     torch.set_num_threads(1)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from demos.app import build_ui, launch
-    from demos.app_backend import Asker, Auditor, Eraser
+    from visionsae.demos.app import build_ui, launch
+    from visionsae.demos.app_backend import Asker, Auditor, Eraser
 
     eraser = Eraser.zoo()
     ui = build_ui(eraser, Asker(), Auditor(tmp_path_factory.mktemp("app-audits")))
@@ -127,7 +127,7 @@ def _verdict_rows(pg: Page) -> dict[str, list[str]]:
 
 def _direct(eraser, prompt: str, seed: int = 0) -> np.ndarray:
     """The stock zoo pipeline's image of ``prompt`` at ``seed``, as the page displays it."""
-    from demos.app_backend import display_image
+    from visionsae.demos.app_backend import display_image
 
     eraser.pipe.itd_enabled = False
     try:
@@ -263,7 +263,7 @@ def test_vqa_answers_about_a_sample_image_with_and_without_unlearning_and_refuse
 
 def test_unknown_concept_is_refused_by_name(app):
     """The page offers only the set's concepts; a scripted request naming another is refused."""
-    from demos.app_backend import AppError, Asker, error_text
+    from visionsae.demos.app_backend import AppError, Asker, error_text
 
     eraser, _ = app
     with pytest.raises(AppError, match="Unknown concept 'cat'; this model's concept set has t-shirt") as info:

@@ -8,7 +8,7 @@ Erasure quality is measured on the zoo (tests/pipelines/test_itd_zoo.py).
 import pytest
 import torch
 
-from pipelines.itd import ItDStableDiffusionPipeline, ItDStableDiffusionXLPipeline
+from visionsae.pipelines.itd import ItDStableDiffusionPipeline, ItDStableDiffusionXLPipeline
 from tiny_models import tiny_sd
 from visionsae.concepts import Concept, ConceptSet, calibrate, concept_scores, prompt_activations, sae_fingerprint
 from visionsae.sae import SAEConfig, SparseAutoencoder

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.itd import ItDStableDiffusionPipeline
+from visionsae.pipelines.itd import ItDStableDiffusionPipeline
 from visionsae.eval.erasure import _generate, evaluate, nchw
 from visionsae.zoo import CLASS_NAMES, load_fashion_judge, load_fashion_pipeline, zoo_dir
 from visionsae.zoo.captions import sample_prompts

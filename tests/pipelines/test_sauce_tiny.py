@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from transformers import LlavaForConditionalGeneration
 
-from pipelines.sauce import SAUCELlavaForConditionalGeneration
+from visionsae.pipelines.sauce import SAUCELlavaForConditionalGeneration
 from visionsae.concepts import Concept, ConceptSet, sae_fingerprint
 from visionsae.sae import SAEConfig, SparseAutoencoder
 

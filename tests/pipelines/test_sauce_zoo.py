@@ -12,7 +12,7 @@ import json
 import pytest
 import torch
 
-from pipelines.sauce import SAUCELlavaForConditionalGeneration
+from visionsae.pipelines.sauce import SAUCELlavaForConditionalGeneration
 from visionsae.concepts import ConceptSet
 from visionsae.eval.unlearning import category_questions, eval_images, footwear_question
 from visionsae.sae import SparseAutoencoder

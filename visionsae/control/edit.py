@@ -128,9 +128,12 @@ class FeatureEdit:
             return None  # nothing flagged: the module's own output object goes on
         return _replace_output(output, new)
 
-    @torch.no_grad()
     def apply(self, h: torch.Tensor) -> torch.Tensor:
-        """The edited activations (``h`` itself when no input is flagged)."""
+        """The edited activations (``h`` itself when no input is flagged).
+
+        Differentiable where autograd is on: the edited output's gradient reaches the model's
+        layers below the hook (and the SAE), so models with an edit attached can be attributed
+        through and fine-tuned. The gate's decisions are discrete and carry no gradient."""
         self.record.calls += 1
         squeeze = h.ndim == 2
         h3 = h[:, None, :] if squeeze else h  # [B, T, d]

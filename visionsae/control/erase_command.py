@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
-    from pipelines.itd import ItDStableDiffusionPipeline, ItDStableDiffusionXLPipeline
+    from visionsae.pipelines.itd import ItDStableDiffusionPipeline, ItDStableDiffusionXLPipeline
 
     from ..cli import CLIError
 

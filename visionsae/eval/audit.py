@@ -72,7 +72,7 @@ def planted_sets(out_dir: Path, per_class: int, *, suppress: str = "sneaker", ex
                  factor: int = 3, copy_class: str = "bag", second_generator: bool = False, seed: int = 0,
                  batch: int = 32, progress: bool = True):
     """Write the real and generated images (PNG) and return ``(real, [generated...], truth)``."""
-    from pipelines.itd import ItDStableDiffusionPipeline
+    from visionsae.pipelines.itd import ItDStableDiffusionPipeline
 
     from ..audit import ImageSet
     from ..zoo import CLASS_NAMES, load_fashion_pipeline, zoo_dir

@@ -156,7 +156,7 @@ def evaluate(erase_sets: Sequence[Sequence[str]] = tuple(s.split(",") for s in D
     """
     from tqdm import tqdm
 
-    from pipelines.itd import ItDStableDiffusionPipeline
+    from visionsae.pipelines.itd import ItDStableDiffusionPipeline
 
     from ..concepts import ConceptClassifier, ConceptSet
     from ..concepts.build import score_prompts

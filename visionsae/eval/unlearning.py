@@ -63,7 +63,7 @@ def evaluate(unlearn_sets: Sequence[Sequence[str]] = tuple(s.split(",") for s in
     the zoo's."""
     from tqdm import tqdm
 
-    from pipelines.sauce import SAUCELlavaForConditionalGeneration
+    from visionsae.pipelines.sauce import SAUCELlavaForConditionalGeneration
 
     from ..concepts import ConceptSet
     from ..sae import SparseAutoencoder

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from pipelines import diffusers_errors_only
+from ..compat import diffusers_errors_only
 
 TOKENIZER_MAX_LENGTH = 20
 """Prompt length in tokens ([CLS] and [SEP] included); every corpus caption fits in 15."""
