@@ -46,6 +46,8 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from .errors import InputNotFoundError, UsageError, check_writable_dir, write_failed
+
 try:  # Intel ISA-L's CRC-32: the same checksum as zlib's (IEEE polynomial), several times faster
     from isal.isal_zlib import crc32 as _crc32
 except ImportError:  # platforms without isal wheels
@@ -119,7 +121,7 @@ class ActivationBatch:
         )
 
 
-class StoreError(ValueError):
+class StoreError(UsageError):
     """A store directory that cannot be read or written as asked."""
 
 
@@ -147,16 +149,23 @@ def _atomic_write_parts(path: Path, head: bytes | memoryview, parts: list[torch.
     """
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     crc, sha, size = 0, hashlib.sha256(), 0
-    with open(tmp, "wb") as f:
-        for chunk in [memoryview(head).cast("B"), *(_tensor_bytes(t) for t in parts)]:
-            if not chunk.nbytes:
-                continue
-            f.write(chunk)
-            crc, size = _crc32(chunk, crc), size + chunk.nbytes
-            sha.update(chunk)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            for chunk in [memoryview(head).cast("B"), *(_tensor_bytes(t) for t in parts)]:
+                if not chunk.nbytes:
+                    continue
+                f.write(chunk)
+                crc, size = _crc32(chunk, crc), size + chunk.nbytes
+                sha.update(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:  # disk full, no permission: no half-written file is left behind
+        tmp.unlink(missing_ok=True)
+        raise write_failed(path, exc) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return {"bytes": size, "crc32": f"{crc & 0xFFFFFFFF:08x}", "sha256": sha.hexdigest()}
 
 
@@ -393,6 +402,7 @@ class ShardWriter:
         world_size: int = 1,
         overwrite: bool = False,
         extra: dict | None = None,
+        inputs_fingerprint: str | None = None,
     ):
         if dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
@@ -402,7 +412,7 @@ class ShardWriter:
             raise ValueError(f"shard_rows must be >= 1, got {shard_rows}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
-        self.dir = Path(out_dir)
+        self.dir = check_writable_dir(out_dir, "store directory")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.rank, self.world_size = rank, world_size
         self.dtype, self.shard_format, self.shard_rows = dtype, shard_format, shard_rows
@@ -417,6 +427,7 @@ class ShardWriter:
             "dtype": dtype,
             "shard_format": shard_format,
             "num_inputs": num_inputs,
+            "inputs_sha256": inputs_fingerprint,
             "world_size": world_size,
             "rank": rank if world_size > 1 else None,
             "input_range": [self.input_start, self.input_end],
@@ -449,7 +460,10 @@ class ShardWriter:
                 p.unlink()
 
     def _resume(self) -> None:
-        old = json.loads(self._manifest_path.read_text())
+        try:
+            old = json.loads(self._manifest_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise StoreError(f"{self._manifest_path} is not valid JSON ({exc}); overwrite the store to start afresh") from None
         keys = ("source", "hook", "dtype", "shard_format", "num_inputs", "world_size")
         diff = [k for k in keys if old.get(k) != self.manifest[k]]
         if diff:
@@ -458,6 +472,14 @@ class ShardWriter:
                 f"{self.dir} holds an extraction with a different {k} ({old.get(k)!r}, now {self.manifest[k]!r}); "
                 "use another output directory or overwrite it"
             )
+        then, now = old.get("inputs_sha256"), self.manifest["inputs_sha256"]
+        if then is not None and now is not None and then != now:
+            raise StoreError(
+                f"{self.dir} holds an extraction of other inputs (their fingerprint was {then[:16]}, these give "
+                f"{now[:16]}: same count, different content); resuming would mix the two. Use another output "
+                "directory, or overwrite it (--overwrite)"
+            )
+        self.manifest["inputs_sha256"] = now if now is not None else then
         self.manifest.update(d_in=old["d_in"], rows=old["rows"], shards=old["shards"], complete=old["complete"])
         self.manifest["extra"] = {**old.get("extra", {}), **self.manifest["extra"]}
 
@@ -671,10 +693,10 @@ class ActivationStore:
         if not mp.exists():
             partial = sorted(p.glob("manifest.rank-*.json")) if p.is_dir() else []
             hint = " (per-rank manifests are there: the multi-process extraction did not finish)" if partial else ""
-            raise FileNotFoundError(f"{p} is not an activation store: {mp} is missing{hint}")
+            raise InputNotFoundError(f"{p} is not an activation store: {mp} is missing{hint}")
         try:
             manifest = json.loads(mp.read_text())
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise StoreError(f"{mp} is not valid JSON ({exc})") from None
         if manifest.get("format") != FORMAT:
             raise StoreError(f"{mp} is not a visionsae activation-store manifest")
@@ -689,6 +711,11 @@ class ActivationStore:
     # -- facts ----------------------------------------------------------------------------
     @property
     def d_in(self) -> int:
+        if self.manifest.get("d_in") is None:
+            raise StoreError(
+                f"the store at {self.path} holds no rows, so its width (d_in) is unknown: no input of its extraction "
+                f"gave an activation row ({len(self.skipped)} were skipped as unreadable)"
+            )
         return int(self.manifest["d_in"])
 
     @property
@@ -722,8 +749,16 @@ class ActivationStore:
         )
 
     # -- shards ---------------------------------------------------------------------------
+    def _shard_entry(self, i: int) -> dict:
+        """The manifest entry of shard ``i``, or a StoreError naming the valid range."""
+        n = self.num_shards
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < n:
+            raise StoreError(f"no shard {i!r} in the store at {self.path}: it has {n} shards (0 to {n - 1})"
+                             if n else f"no shard {i!r}: the store at {self.path} has no shards")
+        return self.manifest["shards"][int(i)]
+
     def _load_file(self, i: int, kind: str, verify: bool) -> np.ndarray:
-        shard = self.manifest["shards"][i]
+        shard = self._shard_entry(i)
         entry = shard["files"][kind]
         return _read_checked(self.path / entry["file"], entry, shard["name"], verify)
 
@@ -734,7 +769,7 @@ class ActivationStore:
         activations without an extra copy. Raises :class:`CorruptShardError` naming the shard
         when its bytes are not the ones the manifest recorded.
         """
-        shard = self.manifest["shards"][i]
+        shard = self._shard_entry(i)
         verify = verify and i not in self._verified
         files = shard["files"]
         rows, d_in = shard["rows"], self.manifest["d_in"] or 0
@@ -780,6 +815,18 @@ class ActivationStore:
         """Every shard in order (ranks in order, then shard index)."""
         for i in range(self.num_shards):
             yield self.read_shard(i, verify=verify)
+
+    def nonfinite_rows(self, first: int = 3) -> dict:
+        """Where the store holds NaN or Inf: ``{"rows": count, "first": [{"shard", "row",
+        "input_id"}, ...]}`` (the first ``first`` of them). Reads every shard once."""
+        count, found = 0, []
+        for i in range(self.num_shards):
+            batch = self.read_shard(i)
+            bad = (~torch.isfinite(batch.acts)).any(-1).nonzero().flatten()
+            count += int(bad.numel())
+            for r in bad[: max(0, first - len(found))].tolist():
+                found.append({"shard": self.manifest["shards"][i]["name"], "row": r, "input_id": int(batch.input_id[r])})
+        return {"rows": count, "first": found}
 
     def verify(self, *, full: bool = True) -> list[str]:
         """Check every file of every shard (size, CRC-32 and with ``full`` SHA-256).
