@@ -34,19 +34,7 @@ def check_writable_dir(path: str | os.PathLike, what: str = "output directory") 
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise UsageError(f"{what} {p} is a regular file, not a directory")
-    probe_dir = p
-    while not probe_dir.exists():
-        if probe_dir.parent == probe_dir:
-            break
-        probe_dir = probe_dir.parent
-    if not probe_dir.is_dir():
-        raise UsageError(f"{what} {p} cannot be created: {probe_dir} is a regular file, not a directory")
-    try:
-        fd, probe = tempfile.mkstemp(dir=probe_dir, prefix=".visionsae-write-check-")
-    except OSError as exc:
-        raise UsageError(f"cannot write to {what} {p}: {exc.strerror or exc} ({probe_dir})") from None
-    os.close(fd)
-    os.unlink(probe)
+    _probe(p, f"{what} {p}")
     return p
 
 
@@ -56,15 +44,30 @@ def check_writable_file(path: str | os.PathLike, what: str = "output file") -> P
     p = Path(path)
     if p.is_dir():
         raise UsageError(f"{what} {p} is a directory; expected a file name")
-    check_writable_dir(p.parent, f"the folder of {what} {p}")
+    _probe(p.parent, f"{what} {p}")
     return p
+
+
+def _probe(folder: Path, label: str) -> None:
+    """Make and remove a file in ``folder``, or in its nearest existing ancestor."""
+    probe_dir = folder
+    while not probe_dir.exists() and probe_dir.parent != probe_dir:
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise UsageError(f"{label} cannot be created: {probe_dir} is a regular file, not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(dir=probe_dir, prefix=".visionsae-write-check-")
+    except OSError as exc:
+        raise UsageError(f"cannot write to {label}: {exc.strerror or exc} ({probe_dir})") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def write_failed(path: str | os.PathLike, exc: BaseException) -> UsageError:
     """The one-line error for a write that failed (disk full, no permission ...), naming the file."""
     code = getattr(exc, "errno", None)
-    if code is None:  # safetensors' Rust errors carry the OS error in their text: "Os { code: 28, ... }"
-        found = re.search(r"code: (\d+)", str(exc))
+    if code is None:  # safetensors' Rust errors carry the OS error in their text: "... (os error 28)"
+        found = re.search(r"(?:os error |code: )(\d+)", str(exc))
         code = int(found.group(1)) if found else None
     reason = {
         errno.ENOSPC: "no space left on the device",

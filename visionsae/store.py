@@ -41,7 +41,7 @@ import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -91,7 +91,7 @@ class TokenKind(enum.IntEnum):
             key = str(n).strip().upper()
             if key not in cls.__members__:
                 valid = ", ".join(k.lower() for k in cls.__members__)
-                raise ValueError(f"unknown token kind {n!r}; expected some of: {valid}")
+                raise UsageError(f"unknown token kind {n!r}; expected some of: {valid}")
             out.append(cls[key])
         return out
 
@@ -402,7 +402,7 @@ class ShardWriter:
         world_size: int = 1,
         overwrite: bool = False,
         extra: dict | None = None,
-        inputs_fingerprint: str | None = None,
+        inputs_fingerprint: Callable[[int, int], str] | None = None,
     ):
         if dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
@@ -415,6 +415,7 @@ class ShardWriter:
         self.dir = check_writable_dir(out_dir, "store directory")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.rank, self.world_size = rank, world_size
+        self._fingerprint = inputs_fingerprint
         self.dtype, self.shard_format, self.shard_rows = dtype, shard_format, shard_rows
         self.input_start, self.input_end = input_range(num_inputs, rank, world_size)
         self._manifest_path = self.dir / (MANIFEST if world_size == 1 else _rank_manifest_name(rank))
@@ -427,7 +428,6 @@ class ShardWriter:
             "dtype": dtype,
             "shard_format": shard_format,
             "num_inputs": num_inputs,
-            "inputs_sha256": inputs_fingerprint,
             "world_size": world_size,
             "rank": rank if world_size > 1 else None,
             "input_range": [self.input_start, self.input_end],
@@ -472,14 +472,17 @@ class ShardWriter:
                 f"{self.dir} holds an extraction with a different {k} ({old.get(k)!r}, now {self.manifest[k]!r}); "
                 "use another output directory or overwrite it"
             )
-        then, now = old.get("inputs_sha256"), self.manifest["inputs_sha256"]
-        if then is not None and now is not None and then != now:
-            raise StoreError(
-                f"{self.dir} holds an extraction of other inputs (their fingerprint was {then[:16]}, these give "
-                f"{now[:16]}: same count, different content); resuming would mix the two. Use another output "
-                "directory, or overwrite it (--overwrite)"
-            )
-        self.manifest["inputs_sha256"] = now if now is not None else then
+        if self._fingerprint is not None:
+            for shard in old["shards"]:
+                then = shard.get("inputs_sha256")
+                now = then and self._fingerprint(shard["input_start"], shard["input_end"])
+                if then != now:
+                    raise StoreError(
+                        f"{self.dir} holds an extraction of other inputs: its shard {shard['name']!r} covers inputs "
+                        f"{shard['input_start']} to {shard['input_end'] - 1}, whose fingerprint was {then[:16]}, and these "
+                        f"give {now[:16]} (same count, different content); resuming would mix the two. Use another "
+                        "output directory, or overwrite it (--overwrite)"
+                    )
         self.manifest.update(d_in=old["d_in"], rows=old["rows"], shards=old["shards"], complete=old["complete"])
         self.manifest["extra"] = {**old.get("extra", {}), **self.manifest["extra"]}
 
@@ -565,25 +568,31 @@ class ShardWriter:
         def put(kind: str, filename: str, head: bytes, parts: list[torch.Tensor]) -> None:
             files[kind] = {"file": filename, **_atomic_write_parts(self.dir / filename, head, parts)}
 
-        put("inputs", f"{name}.inputs.jsonl", "".join(json.dumps(r) + "\n" for r in records).encode(), [])
-        if self.shard_format == "safetensors":
-            put("acts", f"{name}.safetensors", *_safetensors_parts({"acts": acts, **meta}, {"format": FORMAT}))
-        else:
-            np_dtype = {"float32": "<f4", "float16": "<f2", "bfloat16": "<u2"}[self.dtype]  # bf16: its bit pattern
-            put("meta", f"{name}.meta.safetensors", *_safetensors_parts(meta, {"format": FORMAT}))
-            put("acts", f"{name}.npy", *_npy_parts(acts, np_dtype))
+        try:
+            put("inputs", f"{name}.inputs.jsonl", "".join(json.dumps(r) + "\n" for r in records).encode(), [])
+            if self.shard_format == "safetensors":
+                put("acts", f"{name}.safetensors", *_safetensors_parts({"acts": acts, **meta}, {"format": FORMAT}))
+            else:
+                np_dtype = {"float32": "<f4", "float16": "<f2", "bfloat16": "<u2"}[self.dtype]  # bf16: its bit pattern
+                put("meta", f"{name}.meta.safetensors", *_safetensors_parts(meta, {"format": FORMAT}))
+                put("acts", f"{name}.npy", *_npy_parts(acts, np_dtype))
+        except BaseException:  # a shard is whole or absent: its files written so far go too
+            for entry in files.values():
+                (self.dir / entry["file"]).unlink(missing_ok=True)
+            raise
         first = self.manifest["shards"][-1]["input_end"] if self.manifest["shards"] else self.input_start
-        self.manifest["shards"].append(
-            {
-                "name": name,
-                "rank": self.rank,
-                "rows": rows,
-                "input_start": first,
-                "input_end": self._next_input,
-                "skipped": skipped,
-                "files": files,
-            }
-        )
+        entry = {
+            "name": name,
+            "rank": self.rank,
+            "rows": rows,
+            "input_start": first,
+            "input_end": self._next_input,
+            "skipped": skipped,
+            "files": files,
+        }
+        if self._fingerprint is not None:  # what a resume checks: the shard's inputs are still these
+            entry["inputs_sha256"] = self._fingerprint(first, self._next_input)
+        self.manifest["shards"].append(entry)
         self.manifest["rows"] += rows
         _atomic_write_json(self._manifest_path, self.manifest)
         self._buf, self._buf_rows = [], 0
@@ -816,11 +825,13 @@ class ActivationStore:
         for i in range(self.num_shards):
             yield self.read_shard(i, verify=verify)
 
-    def nonfinite_rows(self, first: int = 3) -> dict:
+    def nonfinite_rows(self, first: int = 3, progress: bool = False) -> dict:
         """Where the store holds NaN or Inf: ``{"rows": count, "first": [{"shard", "row",
         "input_id"}, ...]}`` (the first ``first`` of them). Reads every shard once."""
+        from tqdm.auto import tqdm
+
         count, found = 0, []
-        for i in range(self.num_shards):
+        for i in tqdm(range(self.num_shards), desc="search the store for NaN", unit="shard", disable=not progress):
             batch = self.read_shard(i)
             bad = (~torch.isfinite(batch.acts)).any(-1).nonzero().flatten()
             count += int(bad.numel())

@@ -72,8 +72,9 @@ def extract(
 
     A run stopped in any way (killed, crashed) resumes where it stopped when called again with
     the same source, inputs and options: shards already written are kept, the rest are made.
-    The manifest records a fingerprint of the inputs (:func:`inputs_fingerprint`), and a resume
-    with other inputs (an edited prompt file of the same length) is refused.
+    Each shard records a fingerprint of the inputs it covers (:func:`inputs_fingerprint`), and a
+    resume whose inputs differ from those already extracted (a prompt file edited in place) is
+    refused.
     Under ``accelerate launch`` (or with ``rank`` / ``world_size``), each process extracts a
     contiguous block of the inputs into its own shards; the last to finish merges the manifests
     (rank 0 after a barrier under accelerate).
@@ -111,7 +112,7 @@ def extract(
         out_dir, source=described, hook=source.hook, num_inputs=len(inputs), dtype=dtype,
         shard_format=shard_format, shard_rows=shard_rows, rank=rank, world_size=world_size,
         overwrite=overwrite, extra={"input_type": source.input_type, "batch_size": batch_size},
-        inputs_fingerprint=inputs_fingerprint(inputs, files=source.input_type != "text"),
+        inputs_fingerprint=lambda a, b: inputs_fingerprint(inputs[a:b], files=source.input_type != "text"),
     )
     start, end = writer.next_input, writer.input_end
     bar = tqdm(total=end - writer.input_start, initial=start - writer.input_start, unit="input",

@@ -46,6 +46,10 @@ def run(args: argparse.Namespace) -> int:
         if args.d_in is not None and args.d_in != store.d_in:
             raise CLIError(f"--d-in {args.d_in} does not match the store's d_in {store.d_in} ({args.store})")
         kinds = args.kinds.split(",") if args.kinds else None
+        if kinds:
+            from ..store import TokenKind
+
+            TokenKind.parse(kinds)  # an unknown kind is named now, not at the first batch
         sae_cfg = dataclass_from_args(
             SAEConfig, args, d_in=store.d_in,
             hook=args.hook or store.hook, model=args.model or store.source.get("model"),
@@ -63,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     except NonFiniteBatchError as exc:
         if store is None:
             raise
-        bad = store.nonfinite_rows()
+        bad = store.nonfinite_rows(progress=train_cfg.progress)
         if not bad["rows"]:
             raise
         where = "; ".join(f"shard {r['shard']!r} row {r['row']} (input {r['input_id']})" for r in bad["first"])

@@ -76,6 +76,7 @@ class Trainer:
         # GPU and every process would train alone.
         self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
         self.out_dir = Path(cfg.out_dir)
+        self._resumed_window: dict | None = None  # the metrics line in progress at the checkpoint resumed from
 
     # ------------------------------------------------------------------ checks
     def _check_batch(self, batch, step: int, check_finite: bool = True) -> torch.Tensor:
@@ -107,7 +108,7 @@ class Trainer:
 
     # ------------------------------------------------------------- checkpoints
     def _save_checkpoint(self, sae: SparseAutoencoder, opt: torch.optim.Optimizer, last_fired: torch.Tensor, step: int,
-                         samples: int, batch_rows: int) -> None:
+                         samples: int, batch_rows: int, window: dict | None = None) -> None:
         tensors = {f"sae.{k}": v for k, v in sae.state_dict().items()}
         for i, p in enumerate(sae.parameters()):
             for key, value in opt.state.get(p, {}).items():
@@ -123,6 +124,8 @@ class Trainer:
             "step": str(step),
             "samples": str(samples),
             "batch_rows": str(batch_rows),
+            # the sums of the metrics line in progress, so a resumed run writes the line a run never stopped writes
+            "window": json.dumps(window or {}),
             "sae_cfg": json.dumps(sae.cfg.to_dict()),
             "train_cfg": json.dumps(self.cfg.to_dict()),
         }
@@ -138,12 +141,12 @@ class Trainer:
                 meta = f.metadata() or {}
         except (SafetensorError, OSError) as exc:
             raise UsageError(f"cannot resume: {file} is unreadable ({exc})") from None
+        self._check_resume_settings(file, json.loads(meta.get("train_cfg", "{}")), meta.get("batch_rows"), batch_rows)
         saved_cfg = json.loads(meta.get("sae_cfg", "{}"))
         if saved_cfg != sae.cfg.to_dict():
             diff = sorted(k for k in set(saved_cfg) | set(sae.cfg.to_dict()) if saved_cfg.get(k) != sae.cfg.to_dict().get(k))
             raise UsageError(f"cannot resume: {file} was written for a different SAE config (differs in {', '.join(diff)}): "
                              f"{saved_cfg}")
-        self._check_resume_settings(file, json.loads(meta.get("train_cfg", "{}")), meta.get("batch_rows"), batch_rows)
         sae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("sae.")})
         for i, p in enumerate(sae.parameters()):
             state = {}
@@ -154,6 +157,7 @@ class Trainer:
                     state[key] = t.reshape(()) if key == "step" else t.to(p.device)
             if state:
                 opt.state[p] = state
+        self._resumed_window = json.loads(meta.get("window", "{}")) or None
         if "rng.cpu" in tensors:
             torch.set_rng_state(tensors["rng.cpu"])
         if "rng.cuda" in tensors and self.accelerator.device.type == "cuda":
@@ -191,6 +195,10 @@ class Trainer:
         """Before any work: out_dir can be written, and an earlier run there is not overwritten
         unless asked (``overwrite``) or continued (``resume``)."""
         check_writable_dir(self.out_dir, "out_dir")
+        if self.out_dir.is_dir():  # temporary files of a write that a kill cut short
+            for name in (CHECKPOINT_NAME, METRICS_NAME, TRAIN_CFG_NAME):
+                for stray in self.out_dir.glob(f".{name}.*.tmp"):
+                    stray.unlink(missing_ok=True)
         earlier = self._earlier_run()
         if not earlier or self.cfg.overwrite:
             return
@@ -269,7 +277,7 @@ class Trainer:
             else:
                 self._keep_metrics_up_to(step)
         bar = tqdm(total=total_steps, initial=step, desc="train SAE", disable=not (cfg.progress and acc.is_main_process), unit="step")
-        window: dict[str, float] = {"fvu": 0.0, "l0": 0.0, "aux": 0.0, "n": 0}
+        window: dict[str, float] = self._resumed_window or {"fvu": 0.0, "l0": 0.0, "aux": 0.0, "n": 0}
         t_window = time.perf_counter()
         aux_k = cfg.aux_k or self.sae_cfg.d_in // 2
         last_saved = step
@@ -350,7 +358,7 @@ class Trainer:
                 log_window()
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps:
                 if acc.is_main_process:
-                    self._save_checkpoint(sae, opt, last_fired, step, samples, batch_size * world)
+                    self._save_checkpoint(sae, opt, last_fired, step, samples, batch_size * world, window)
                 last_saved = step
         bar.close()
         if step == 0:
