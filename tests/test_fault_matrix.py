@@ -197,7 +197,7 @@ RESUME_ROWS = [
     ("resume-other-total", ["--resume", "--total-samples", "1280"], r"written with total_samples=640, this run has total_samples=1280"),
     ("resume-other-batch-size", ["--resume", "--batch-size", "32"], r"written at 64 rows per step .* this run has 32"),
     ("resume-other-lr", ["--resume", "--lr", "0.5"], r"written with lr=None, this run has lr=0.5"),
-    ("resume-other-sae", ["--resume", "--k", "8"], r"written for a different SAE config \(differs in k\)"),
+    ("resume-other-sae", ["--resume", "--k", "8"], r"written for a different SAE config \(differs in k: k=4 there, 8 now\)"),
 ]
 
 

@@ -144,7 +144,7 @@ def test_bad_inputs_are_refused_with_clear_errors(tmp_path):
 def test_resume_refuses_a_checkpoint_of_another_sae(tmp_path):
     data = PlantedData(SMALL)
     train_sae(SAE_CFG, _cfg(tmp_path, total_samples=10 * 256), data.batches(256))
-    with pytest.raises(ValueError, match=r"different SAE config \(differs in k\)"):
+    with pytest.raises(ValueError, match=r"different SAE config \(differs in k: k=4 there, 8 now\)"):
         train_sae(SAE_CFG.replace(k=8), _cfg(tmp_path, total_samples=10 * 256, resume=True), data.batches(256))
 
 

@@ -144,9 +144,11 @@ class Trainer:
         self._check_resume_settings(file, json.loads(meta.get("train_cfg", "{}")), meta.get("batch_rows"), batch_rows)
         saved_cfg = json.loads(meta.get("sae_cfg", "{}"))
         if saved_cfg != sae.cfg.to_dict():
-            diff = sorted(k for k in set(saved_cfg) | set(sae.cfg.to_dict()) if saved_cfg.get(k) != sae.cfg.to_dict().get(k))
-            raise UsageError(f"cannot resume: {file} was written for a different SAE config (differs in {', '.join(diff)}): "
-                             f"{saved_cfg}")
+            now = sae.cfg.to_dict()
+            diff = sorted(k for k in set(saved_cfg) | set(now) if saved_cfg.get(k) != now.get(k))
+            shown = "; ".join(f"{k}={saved_cfg.get(k)!r} there, {now.get(k)!r} now" for k in diff[:4])
+            raise UsageError(f"cannot resume: {file} was written for a different SAE config (differs in {', '.join(diff)}: "
+                             f"{shown}); rerun with the same settings, or start afresh with overwrite (--overwrite)")
         sae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("sae.")})
         for i, p in enumerate(sae.parameters()):
             state = {}
