@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
+
+from visionsae.errors import UsageError
 
 log = logging.getLogger("visionsae.app")
 
@@ -22,9 +25,8 @@ MAX_PROMPT_CHARS = 1000
 LABEL_PROMPTS = 3  # top-activating prompts shown per feature
 
 
-class AppError(ValueError):
+class AppError(UsageError):
     """Bad input, explained to the user in the page."""
-
 
 
 # --------------------------------------------------------------------------- erasure
@@ -121,9 +123,14 @@ class Eraser:
 
     def check_prompt(self, prompt: Any, what: str = "prompt") -> str:
         """The stripped prompt, or an AppError saying what is wrong with it."""
+        from visionsae.sources.text import check_prompt_text
+
         if not isinstance(prompt, str) or not prompt.strip():
             raise AppError(f"The {what} is empty: type what the image should show, e.g. {self.default_prompt!r}.")
-        prompt = prompt.strip()
+        try:
+            prompt = check_prompt_text(prompt, f"The {what}").strip()
+        except UsageError as exc:
+            raise AppError(f"{exc}; retype it.") from None
         limit = self.pipe.tokenizer.model_max_length
         if len(prompt) > MAX_PROMPT_CHARS:
             raise AppError(f"The {what} is {len(prompt)} characters long; keep it under {MAX_PROMPT_CHARS}.")
@@ -206,21 +213,21 @@ class Eraser:
         mode = mode or self.mode
         if mode not in ("zero", "scale"):
             raise AppError(f"Unknown edit mode {mode!r}; expected 'zero' or 'scale'.")
-        value = self.value if value is None else float(value)
-        if mode == "scale" and not value < 0:
-            raise AppError(f"The strength of 'scale' must be a negative factor (it pushes the features the other "
-                           f"way), got {value:g}.")
+        try:
+            value = self.value if value is None else float(value)
+        except (TypeError, ValueError):
+            raise AppError(f"The strength must be a number, got {value!r}.") from None
+        if mode == "scale" and not (math.isfinite(value) and value < 0):
+            raise AppError(f"The strength of 'scale' must be a finite negative factor (it pushes the features the "
+                           f"other way), got {value:g}.")
         if mode == "zero":
             value = 0.0
-        try:
-            seed = int(seed)
-        except (TypeError, ValueError):
-            raise AppError(f"The seed must be a whole number, got {seed!r}.") from None
-        if seed < 0:
-            raise AppError(f"The seed must be 0 or more, got {seed}.")
+        seed = _whole_number(seed, "The seed")
+        if not 0 <= seed < 2**64:
+            raise AppError(f"The seed must be between 0 and 2**64 - 1, got {seed}.")
         settings = dict(self.settings)
         if steps is not None:
-            steps = int(steps)
+            steps = _whole_number(steps, "Steps")
             if not 1 <= steps <= 200:
                 raise AppError(f"Steps must be between 1 and 200, got {steps}.")
             settings["num_inference_steps"] = steps
@@ -250,6 +257,11 @@ class Eraser:
             features = self.fired_features(prompt, cs, names)
             seconds = time.perf_counter() - start
         erased = out.images[0]
+        for name, image in (("stock", stock), ("erased", erased)):
+            if not np.isfinite(image).all():
+                raise AppError(f"The {name} image came out as NaN"
+                               + (f": scaling the features by {value:g} drove the text embedding out of range; use a "
+                                  "smaller strength." if name == "erased" else "; try other settings."))
         return EraseResult(prompt, stock, erased, out.concept_decisions[0], bool(np.array_equal(stock, erased)),
                            features, new_concept, mode, value, seconds, seed, settings["num_inference_steps"])
 
@@ -307,6 +319,17 @@ class Eraser:
         top_v, top_i = self._labels
         return {f: [self.label_prompts[int(top_i[j, f])] for j in range(len(top_v)) if float(top_v[j, f]) > 0]
                 for f in features}
+
+
+def _whole_number(value: Any, what: str) -> int:
+    """``value`` as an int (a float such as 3.0 from a slider too), or an AppError naming ``what``."""
+    try:
+        number = float(value) if not isinstance(value, int) else value
+        if isinstance(value, bool) or not float(number).is_integer():
+            raise ValueError
+        return int(number)
+    except (TypeError, ValueError, OverflowError):
+        raise AppError(f"{what} must be a whole number, got {value!r}.") from None
 
 
 def _demo_defaults() -> argparse.Namespace:
@@ -444,15 +467,16 @@ class Asker:
 
     def read_image(self, path: str | None, sample: str | None):
         """A PIL image from an uploaded file (preferred) or a sample's name."""
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
+
+        from visionsae.sources.image import ImageReadError, load_image
 
         if path:
             try:
-                with Image.open(path) as im:
-                    im.load()
-                    return im.convert("RGB")
-            except (UnidentifiedImageError, OSError, ValueError) as exc:
-                raise AppError(f"Could not read {Path(path).name!r} as an image ({type(exc).__name__}); upload a "
+                return load_image(path)  # the package's reader: 16-bit and palette images scaled right
+            except ImageReadError as exc:
+                reason = str(exc).removeprefix(f"cannot read image {path}: ")
+                raise AppError(f"Could not read {Path(path).name!r} as an image ({reason[:120]}); upload a "
                                "PNG, JPEG or WebP picture.") from None
         if sample:
             if sample not in self.samples():

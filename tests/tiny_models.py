@@ -94,3 +94,11 @@ def tiny_llava():
         num_additional_image_tokens=1,
     )
     return model, processor
+
+
+def tiny_clip_text_with_tokenizer():
+    """(a tiny CLIP text encoder, the real CLIP tokenizer): the model spec
+    ``py:tiny_models:tiny_clip_text_with_tokenizer`` of ``visionsae extract`` (tests/ on the path)."""
+    from visionsae.sources.clip_tokenizer import clip_tokenizer
+
+    return tiny_clip_text(), clip_tokenizer()

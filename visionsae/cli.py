@@ -131,7 +131,13 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, skip: Se
 def dataclass_from_args(cls: type, args: argparse.Namespace, **overrides: Any):
     """Build ``cls`` from the flags given (unset flags keep the dataclass defaults)."""
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
-    return cls(**{**values, **overrides})
+    try:
+        return cls(**{**values, **overrides})
+    except UsageError as exc:  # name the flag the user typed ("--grad-clip"), not the field
+        msg = str(exc)
+        for name in values:
+            msg = msg.replace(f"{cls.__name__}.{name} ", f"--{name.replace('_', '-')} ")
+        raise UsageError(msg) from None
 
 
 def build_parser() -> argparse.ArgumentParser:

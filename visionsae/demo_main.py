@@ -59,6 +59,9 @@ def run_planted(out_dir: str, seed: int = 0, samples: int = 300_000) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .errors import check_writable_dir
+
+    check_writable_dir(args.out_dir, "--out-dir")  # before any model is loaded or trained
     if args.planted:
         return run_planted(args.out_dir, args.seed)
     from pathlib import Path
@@ -69,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from visionsae.pipelines.itd import ItDStableDiffusionPipeline
 
     from .eval.erasure import _grid, nchw
+    from .sae.io import atomic_write_bytes
     from .zoo import CLASS_NAMES, load_fashion_judge, load_fashion_pipeline, zoo_dir
     from .zoo.text_sae import SAE_DIR
 
@@ -105,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{p[:42]:42s} {','.join(flagged) or '-':10s} {judged_before[i] + ' -> ' + judged_after[i]:28s} "
               f"{'identical' if same else 'changed'}")
     _grid(list(zip(before, after)), out / "demo.png")
-    (out / "decisions.json").write_text(json.dumps(records, indent=2))
+    atomic_write_bytes(out / "decisions.json", json.dumps(records, indent=2).encode())
     print(f"\nbefore | after grid: {out / 'demo.png'}\ndecisions: {out / 'decisions.json'}")
     return 0
 

@@ -21,11 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _atomic_json(path, obj) -> None:
-    import os
+    from visionsae.sae.io import atomic_write_bytes
 
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,15 +34,21 @@ def run(args: argparse.Namespace) -> int:
     from visionsae.sae import SparseAutoencoder
     from visionsae.store import ActivationStore
 
-    if args.top < 1 or args.num_features < 1:
-        raise ValueError("--top and --num-features must be >= 1")
+    from visionsae.errors import UsageError, check_writable_dir
+
+    for flag, value in (("--top", args.top), ("--num-features", args.num_features), ("--max-rows", args.max_rows),
+                        ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be a positive integer, got {value}")
     try:
         features = [int(f) for f in args.features.split(",") if f.strip()] if args.features else None
     except ValueError:
-        raise ValueError(f"--features {args.features!r}: expected comma-separated integers") from None
+        raise UsageError(f"--features {args.features!r}: expected comma-separated integers") from None
+    if args.out:
+        check_writable_dir(args.out, "--out")  # before the store is read through
     sae = SparseAutoencoder.from_pretrained(args.sae, device=args.device).eval()
     if features and not all(0 <= f < sae.cfg.n_latents for f in features):
-        raise ValueError(f"--features must be in [0, {sae.cfg.n_latents}), got {features}")
+        raise UsageError(f"--features must be in [0, {sae.cfg.n_latents}), got {features}")
     stats = {"sae": str(args.sae), **sae_summary(sae)}
     described = []
     png = None

@@ -42,6 +42,15 @@ class PlantedConfig:
     seed: int = 0
     """Seed of the directions, frequencies and every batch."""
 
+    def __post_init__(self) -> None:
+        from .errors import UsageError
+        from .sae.config import check_field_types
+
+        check_field_types(self)
+        for name in ("d_in", "n_true"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"PlantedConfig.{name} must be a positive integer, got {getattr(self, name)}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 

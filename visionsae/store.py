@@ -41,10 +41,12 @@ import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
+
+from .errors import InputNotFoundError, UsageError, check_writable_dir, write_failed
 
 try:  # Intel ISA-L's CRC-32: the same checksum as zlib's (IEEE polynomial), several times faster
     from isal.isal_zlib import crc32 as _crc32
@@ -89,7 +91,7 @@ class TokenKind(enum.IntEnum):
             key = str(n).strip().upper()
             if key not in cls.__members__:
                 valid = ", ".join(k.lower() for k in cls.__members__)
-                raise ValueError(f"unknown token kind {n!r}; expected some of: {valid}")
+                raise UsageError(f"unknown token kind {n!r}; expected some of: {valid}")
             out.append(cls[key])
         return out
 
@@ -119,7 +121,7 @@ class ActivationBatch:
         )
 
 
-class StoreError(ValueError):
+class StoreError(UsageError):
     """A store directory that cannot be read or written as asked."""
 
 
@@ -147,16 +149,23 @@ def _atomic_write_parts(path: Path, head: bytes | memoryview, parts: list[torch.
     """
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     crc, sha, size = 0, hashlib.sha256(), 0
-    with open(tmp, "wb") as f:
-        for chunk in [memoryview(head).cast("B"), *(_tensor_bytes(t) for t in parts)]:
-            if not chunk.nbytes:
-                continue
-            f.write(chunk)
-            crc, size = _crc32(chunk, crc), size + chunk.nbytes
-            sha.update(chunk)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            for chunk in [memoryview(head).cast("B"), *(_tensor_bytes(t) for t in parts)]:
+                if not chunk.nbytes:
+                    continue
+                f.write(chunk)
+                crc, size = _crc32(chunk, crc), size + chunk.nbytes
+                sha.update(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:  # disk full, no permission: no half-written file is left behind
+        tmp.unlink(missing_ok=True)
+        raise write_failed(path, exc) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return {"bytes": size, "crc32": f"{crc & 0xFFFFFFFF:08x}", "sha256": sha.hexdigest()}
 
 
@@ -393,6 +402,7 @@ class ShardWriter:
         world_size: int = 1,
         overwrite: bool = False,
         extra: dict | None = None,
+        inputs_fingerprint: Callable[[int, int], str] | None = None,
     ):
         if dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
@@ -402,9 +412,10 @@ class ShardWriter:
             raise ValueError(f"shard_rows must be >= 1, got {shard_rows}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
-        self.dir = Path(out_dir)
+        self.dir = check_writable_dir(out_dir, "store directory")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.rank, self.world_size = rank, world_size
+        self._fingerprint = inputs_fingerprint
         self.dtype, self.shard_format, self.shard_rows = dtype, shard_format, shard_rows
         self.input_start, self.input_end = input_range(num_inputs, rank, world_size)
         self._manifest_path = self.dir / (MANIFEST if world_size == 1 else _rank_manifest_name(rank))
@@ -449,7 +460,10 @@ class ShardWriter:
                 p.unlink()
 
     def _resume(self) -> None:
-        old = json.loads(self._manifest_path.read_text())
+        try:
+            old = json.loads(self._manifest_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise StoreError(f"{self._manifest_path} is not valid JSON ({exc}); overwrite the store to start afresh") from None
         keys = ("source", "hook", "dtype", "shard_format", "num_inputs", "world_size")
         diff = [k for k in keys if old.get(k) != self.manifest[k]]
         if diff:
@@ -458,6 +472,17 @@ class ShardWriter:
                 f"{self.dir} holds an extraction with a different {k} ({old.get(k)!r}, now {self.manifest[k]!r}); "
                 "use another output directory or overwrite it"
             )
+        if self._fingerprint is not None:
+            for shard in old["shards"]:
+                then = shard.get("inputs_sha256")
+                now = then and self._fingerprint(shard["input_start"], shard["input_end"])
+                if then != now:
+                    raise StoreError(
+                        f"{self.dir} holds an extraction of other inputs: its shard {shard['name']!r} covers inputs "
+                        f"{shard['input_start']} to {shard['input_end'] - 1}, whose fingerprint was {then[:16]}, and these "
+                        f"give {now[:16]} (same count, different content); resuming would mix the two. Use another "
+                        "output directory, or overwrite it (--overwrite)"
+                    )
         self.manifest.update(d_in=old["d_in"], rows=old["rows"], shards=old["shards"], complete=old["complete"])
         self.manifest["extra"] = {**old.get("extra", {}), **self.manifest["extra"]}
 
@@ -543,25 +568,31 @@ class ShardWriter:
         def put(kind: str, filename: str, head: bytes, parts: list[torch.Tensor]) -> None:
             files[kind] = {"file": filename, **_atomic_write_parts(self.dir / filename, head, parts)}
 
-        put("inputs", f"{name}.inputs.jsonl", "".join(json.dumps(r) + "\n" for r in records).encode(), [])
-        if self.shard_format == "safetensors":
-            put("acts", f"{name}.safetensors", *_safetensors_parts({"acts": acts, **meta}, {"format": FORMAT}))
-        else:
-            np_dtype = {"float32": "<f4", "float16": "<f2", "bfloat16": "<u2"}[self.dtype]  # bf16: its bit pattern
-            put("meta", f"{name}.meta.safetensors", *_safetensors_parts(meta, {"format": FORMAT}))
-            put("acts", f"{name}.npy", *_npy_parts(acts, np_dtype))
+        try:
+            put("inputs", f"{name}.inputs.jsonl", "".join(json.dumps(r) + "\n" for r in records).encode(), [])
+            if self.shard_format == "safetensors":
+                put("acts", f"{name}.safetensors", *_safetensors_parts({"acts": acts, **meta}, {"format": FORMAT}))
+            else:
+                np_dtype = {"float32": "<f4", "float16": "<f2", "bfloat16": "<u2"}[self.dtype]  # bf16: its bit pattern
+                put("meta", f"{name}.meta.safetensors", *_safetensors_parts(meta, {"format": FORMAT}))
+                put("acts", f"{name}.npy", *_npy_parts(acts, np_dtype))
+        except BaseException:  # a shard is whole or absent: its files written so far go too
+            for entry in files.values():
+                (self.dir / entry["file"]).unlink(missing_ok=True)
+            raise
         first = self.manifest["shards"][-1]["input_end"] if self.manifest["shards"] else self.input_start
-        self.manifest["shards"].append(
-            {
-                "name": name,
-                "rank": self.rank,
-                "rows": rows,
-                "input_start": first,
-                "input_end": self._next_input,
-                "skipped": skipped,
-                "files": files,
-            }
-        )
+        entry = {
+            "name": name,
+            "rank": self.rank,
+            "rows": rows,
+            "input_start": first,
+            "input_end": self._next_input,
+            "skipped": skipped,
+            "files": files,
+        }
+        if self._fingerprint is not None:  # what a resume checks: the shard's inputs are still these
+            entry["inputs_sha256"] = self._fingerprint(first, self._next_input)
+        self.manifest["shards"].append(entry)
         self.manifest["rows"] += rows
         _atomic_write_json(self._manifest_path, self.manifest)
         self._buf, self._buf_rows = [], 0
@@ -671,10 +702,10 @@ class ActivationStore:
         if not mp.exists():
             partial = sorted(p.glob("manifest.rank-*.json")) if p.is_dir() else []
             hint = " (per-rank manifests are there: the multi-process extraction did not finish)" if partial else ""
-            raise FileNotFoundError(f"{p} is not an activation store: {mp} is missing{hint}")
+            raise InputNotFoundError(f"{p} is not an activation store: {mp} is missing{hint}")
         try:
             manifest = json.loads(mp.read_text())
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise StoreError(f"{mp} is not valid JSON ({exc})") from None
         if manifest.get("format") != FORMAT:
             raise StoreError(f"{mp} is not a visionsae activation-store manifest")
@@ -689,6 +720,11 @@ class ActivationStore:
     # -- facts ----------------------------------------------------------------------------
     @property
     def d_in(self) -> int:
+        if self.manifest.get("d_in") is None:
+            raise StoreError(
+                f"the store at {self.path} holds no rows, so its width (d_in) is unknown: no input of its extraction "
+                f"gave an activation row ({len(self.skipped)} were skipped as unreadable)"
+            )
         return int(self.manifest["d_in"])
 
     @property
@@ -722,8 +758,16 @@ class ActivationStore:
         )
 
     # -- shards ---------------------------------------------------------------------------
+    def _shard_entry(self, i: int) -> dict:
+        """The manifest entry of shard ``i``, or a StoreError naming the valid range."""
+        n = self.num_shards
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < n:
+            raise StoreError(f"no shard {i!r} in the store at {self.path}: it has {n} shards (0 to {n - 1})"
+                             if n else f"no shard {i!r}: the store at {self.path} has no shards")
+        return self.manifest["shards"][int(i)]
+
     def _load_file(self, i: int, kind: str, verify: bool) -> np.ndarray:
-        shard = self.manifest["shards"][i]
+        shard = self._shard_entry(i)
         entry = shard["files"][kind]
         return _read_checked(self.path / entry["file"], entry, shard["name"], verify)
 
@@ -734,7 +778,7 @@ class ActivationStore:
         activations without an extra copy. Raises :class:`CorruptShardError` naming the shard
         when its bytes are not the ones the manifest recorded.
         """
-        shard = self.manifest["shards"][i]
+        shard = self._shard_entry(i)
         verify = verify and i not in self._verified
         files = shard["files"]
         rows, d_in = shard["rows"], self.manifest["d_in"] or 0
@@ -780,6 +824,20 @@ class ActivationStore:
         """Every shard in order (ranks in order, then shard index)."""
         for i in range(self.num_shards):
             yield self.read_shard(i, verify=verify)
+
+    def nonfinite_rows(self, first: int = 3, progress: bool = False) -> dict:
+        """Where the store holds NaN or Inf: ``{"rows": count, "first": [{"shard", "row",
+        "input_id"}, ...]}`` (the first ``first`` of them). Reads every shard once."""
+        from tqdm.auto import tqdm
+
+        count, found = 0, []
+        for i in tqdm(range(self.num_shards), desc="search the store for NaN", unit="shard", disable=not progress):
+            batch = self.read_shard(i)
+            bad = (~torch.isfinite(batch.acts)).any(-1).nonzero().flatten()
+            count += int(bad.numel())
+            for r in bad[: max(0, first - len(found))].tolist():
+                found.append({"shard": self.manifest["shards"][i]["name"], "row": r, "input_id": int(batch.input_id[r])})
+        return {"rows": count, "first": found}
 
     def verify(self, *, full: bool = True) -> list[str]:
         """Check every file of every shard (size, CRC-32 and with ``full`` SHA-256).

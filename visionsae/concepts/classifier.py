@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..errors import UsageError
 from ..sae import SparseAutoencoder, SparseCode
 from .conceptset import ConceptSet, feature_union
 
@@ -98,6 +99,9 @@ class ConceptClassifier:
         self.sae = sae
         self.concepts = concepts
         self.names = list(names) if names is not None else concepts.names()
+        if not self.names:
+            raise UsageError("no concept given: pass the names of concepts of the set (or None for all of them, "
+                             f"{concepts.names()})")
         for n in self.names:
             c = concepts[n]
             if c.threshold is None:

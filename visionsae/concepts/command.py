@@ -47,10 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def read_prompts(path: str) -> list[str]:
     from pathlib import Path
 
+    from ..errors import InputNotFoundError
+    from ..sources.loading import read_text_lines
+
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"prompt file {p} does not exist")
-    prompts = [line.strip() for line in p.read_text().splitlines() if line.strip()]
+        raise InputNotFoundError(f"prompt file {p} does not exist")
+    prompts = [line.strip() for line in read_text_lines(p) if line.strip()]
     if not prompts:
         raise ValueError(f"prompt file {p} holds no prompts")
     return prompts
@@ -100,10 +103,12 @@ def _print(cs) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import check_writable_file
     from .build import build_concept_set, score_prompts
     from .classifier import calibrate
     from .conceptset import ConceptSet
 
+    check_writable_file(args.out or args.concepts, "--out")  # before the prompts are encoded
     sae, src = _source(args)
     if args.action == "build":
         concepts = _pairs(args.concept, "--concept")

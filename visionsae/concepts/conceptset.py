@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..errors import UsageError
 from ..sae import SparseAutoencoder
 from ..sae.io import atomic_write_bytes
 
@@ -87,15 +89,22 @@ class ConceptSet:
         return list(self.concepts)
 
     def check_sae(self, sae: SparseAutoencoder) -> None:
-        """Raise if ``sae`` is not the SAE this set was built for."""
+        """Raise if ``sae`` is not the SAE this set was built for, or a concept names a feature
+        it does not have (such a concept would never be found nor erased)."""
         if sae.n_latents != self.n_latents:
-            raise ValueError(f"the concept set indexes {self.n_latents} latents but the SAE has {sae.n_latents}")
+            raise UsageError(f"the concept set indexes {self.n_latents} latents but the SAE has {sae.n_latents}")
         fp = sae_fingerprint(sae)
         if fp != self.sae_fingerprint:
-            raise ValueError(
+            raise UsageError(
                 f"the concept set was built for SAE {self.sae_fingerprint}, not for this SAE ({fp}); "
                 "rebuild it with `visionsae concepts build`"
             )
+        for name, c in self.concepts.items():
+            for what, ids in (("features", c.features), ("edit_features", c.edit_features or [])):
+                bad = [f for f in ids if not _latent_id(f, sae.n_latents)]
+                if bad:
+                    raise UsageError(f"concept {name!r} has {what} {bad[:5]} outside the SAE's latents 0 to "
+                                     f"{sae.n_latents - 1}; the set does not fit this SAE (rebuild it)")
 
     def subset(self, names: list[str]) -> "ConceptSet":
         return ConceptSet(self.hook, self.sae_fingerprint, self.n_latents, {n: self[n] for n in names}, self.score)
@@ -126,6 +135,16 @@ class ConceptSet:
             return cls(raw["hook"], raw["sae_fingerprint"], int(raw["n_latents"]), concepts, raw.get("score", "itd"))
         except (KeyError, TypeError) as exc:
             raise ValueError(f"{path} is not a concept set: {exc}") from exc
+
+
+def _latent_id(f: Any, n_latents: int) -> bool:
+    """``f`` is an integer id of one of ``n_latents`` latents (ints of numpy and torch count)."""
+    if isinstance(f, bool):
+        return False
+    try:
+        return 0 <= operator.index(f) < n_latents
+    except TypeError:
+        return False
 
 
 def feature_union(concepts: ConceptSet, names: list[str], edit: bool = False) -> torch.Tensor:

@@ -20,12 +20,14 @@ ItD, SAUCE and steering are configurations of this class, not copies of it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
+from ..errors import UsageError
 from ..sae import SparseAutoencoder, SparseCode
 from ..sources.base import output_tensor, resolve_module
 
@@ -58,7 +60,9 @@ class EditSpec:
         if self.tokens not in TOKEN_POLICIES:
             raise ValueError(f"unknown token policy {self.tokens!r}; expected one of {TOKEN_POLICIES}")
         if len(self.features) == 0:
-            raise ValueError("an edit needs at least one feature id")
+            raise UsageError("an edit needs at least one feature id")
+        if not math.isfinite(self.value):
+            raise UsageError(f"the edit's value must be a finite number, got {self.value!r} (a NaN or Inf edit gives a NaN image)")
 
 
 @dataclass

@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import UsageError
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..zoo.text_sae import ERASE_MODE, ERASE_VALUE
+
     parser.add_argument("--model", default="zoo", help="'zoo' (the embedded fashion model), a diffusers folder or a Hugging Face id (default: zoo)")
     parser.add_argument("--sae", default=None, help="SAE folder for the (first) text encoder (default for the zoo: assets/zoo/fashion-text-sae)")
     parser.add_argument("--concepts", default=None, help="concept set JSON for --sae (default for the zoo: its class concepts)")
@@ -22,18 +26,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several)")
     parser.add_argument("--erase", default=None, help="comma-separated concepts to erase (default: every concept of the set)")
     parser.add_argument("--mode", choices=["zero", "scale"], default=None,
-                        help="zero the features, or scale them by --value (default: zero; for the zoo its measured "
-                             "setting, scale by -6)")
-    parser.add_argument("--value", type=float, default=None, help="factor of --mode scale, e.g. -3 (default: 0; zoo: -6)")
-    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+                        help=f"zero the features, or scale them by --value (default: zero; for the zoo its measured "
+                             f"setting, {ERASE_MODE} by {ERASE_VALUE:g})")
+    parser.add_argument("--value", type=float, default=None,
+                        help=f"negative factor of --mode scale, e.g. -3 (default for the zoo: {ERASE_VALUE:g})")
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps, >= 1 (default: the model's)")
     parser.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first image; prompt i uses seed + i")
     parser.add_argument("--out", default="runs/erase", help="output folder (default: runs/erase)")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
 
 
+def check_edit(mode: str, value: float, flag: str = "--value") -> None:
+    """An erasure's edit: ``zero``, or ``scale`` by a finite negative factor (a positive one
+    would strengthen the concept, a factor of 0 is ``zero``); a UsageError naming ``flag``."""
+    import math
+
+    if mode == "scale" and not (math.isfinite(value) and value < 0):
+        raise UsageError(f"{flag} must be a finite negative factor for --mode scale (it pushes the concept's features "
+                         f"the other way; 0 is --mode zero), got {value:g}")
+
+
+def check_seed(seed: int, count: int = 1, flag: str = "--seed") -> None:
+    """Seeds ``seed`` .. ``seed + count - 1`` fit a torch generator (0 to 2**64 - 1)."""
+    if not 0 <= seed <= 2**64 - count:
+        raise UsageError(f"{flag} must be in [0, 2**64 - {count}] (a torch generator seed; prompt i uses seed + i), got {seed}")
+
+
 def run(args: argparse.Namespace) -> int:
+    import io
     import json
+    import math
     from pathlib import Path
 
     import numpy as np
@@ -42,9 +65,23 @@ def run(args: argparse.Namespace) -> int:
 
     from visionsae.pipelines.itd import ItDStableDiffusionPipeline, ItDStableDiffusionXLPipeline
 
-    from ..cli import CLIError
+    from ..errors import check_writable_dir
+    from ..sae.io import atomic_write_bytes
+    from ..sources.text import check_prompt_text
 
+    # every check that needs no model first: a mistake costs no pipeline load
     erase = [s.strip() for s in args.erase.split(",")] if args.erase else None
+    if erase is not None and not all(erase):
+        raise UsageError(f"--erase {args.erase!r}: expected comma-separated concept names")
+    for i, p in enumerate(args.prompt):
+        check_prompt_text(p, f"--prompt {i + 1}")
+        if not p.strip():
+            raise UsageError(f"--prompt {i + 1} is empty")
+    if args.steps is not None and args.steps < 1:
+        raise UsageError(f"--steps must be >= 1, got {args.steps}")
+    if args.guidance_scale is not None and not math.isfinite(args.guidance_scale):
+        raise UsageError(f"--guidance-scale must be a finite number, got {args.guidance_scale}")
+    check_seed(args.seed, len(args.prompt))
     settings: dict = {}
     if args.model == "zoo":
         from ..zoo.text_sae import ERASE_MODE, ERASE_VALUE
@@ -53,8 +90,12 @@ def run(args: argparse.Namespace) -> int:
         value = args.value if args.value is not None else (ERASE_VALUE if mode == "scale" else 0.0)
     else:
         mode, value = args.mode or "zero", 0.0 if args.value is None else args.value
-    if mode == "scale" and value == 0.0:
-        raise CLIError("--mode scale needs a --value (a negative factor such as -3)")
+    if mode == "scale" and args.value is None and args.model != "zoo":
+        raise UsageError("--mode scale needs a --value (a negative factor such as -3)")
+    if mode == "zero" and args.value is not None:
+        raise UsageError(f"--value {args.value:g} is the factor of --mode scale; --mode zero takes none")
+    check_edit(mode, value)
+    out = check_writable_dir(args.out, "--out")
     if args.model == "zoo":
         from ..zoo import load_fashion_pipeline, zoo_dir
         from ..zoo.text_sae import SAE_DIR
@@ -70,36 +111,45 @@ def run(args: argparse.Namespace) -> int:
                                                             mode=mode, value=value).to(args.device)
     else:
         if not args.sae or not args.concepts:
-            raise CLIError("--sae and --concepts are needed for a model other than the zoo")
+            raise UsageError("--sae and --concepts are needed for a model other than the zoo")
         pipe = ItDStableDiffusionPipeline.from_pretrained(args.model, sae=args.sae, concepts=args.concepts, erase=erase,
                                                          mode=mode, value=value).to(args.device)
     if args.steps is not None:
         settings["num_inference_steps"] = args.steps
     if args.guidance_scale is not None:
         settings["guidance_scale"] = args.guidance_scale
-    for p in args.prompt:
-        if not p.strip():
-            raise CLIError("empty prompt")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    records = []
+    results = []
     for i, prompt in enumerate(args.prompt):
         gen = lambda: torch.Generator(args.device).manual_seed(args.seed + i)  # noqa: E731
         pipe.itd_enabled = False
         before = pipe(prompt, generator=gen(), output_type="np", **settings)
         pipe.itd_enabled = True
         after = pipe(prompt, generator=gen(), output_type="np", **settings)
+        for name, images in (("stock", before.images), ("erased", after.images)):
+            if not np.isfinite(images).all():
+                raise UsageError(
+                    f"the {name} image of --prompt {i + 1} holds NaN or Inf"
+                    + (f" (the edit {mode} {value:g} drove the text embedding out of range; use a smaller factor)"
+                       if name == "erased" else " (the model itself gives no image at these settings)")
+                    + "; nothing was written"
+                )
+        results.append((prompt, before, after))
+    # written only once every image is good: no folder of half the results
+    records = []
+    for i, (prompt, before, after) in enumerate(results):
         pair = np.concatenate([before.images[0], np.ones((before.images.shape[1], 2, 3)), after.images[0]], axis=1)
         img = Image.fromarray((pair * 255).clip(0, 255).astype(np.uint8))
         scale = max(1, 256 // img.height)
         path = out / f"prompt_{i:02d}.png"
-        img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(path)
+        png = io.BytesIO()
+        img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(png, format="PNG")
+        atomic_write_bytes(path, png.getvalue())
         decision = after.concept_decisions[0]
         changed = bool((before.images[0] != after.images[0]).any())
         records.append({"prompt": prompt, "image": str(path), "changed": changed, "decisions": decision})
         flagged = sorted({n for n, d in _flat(decision).items() if d["flagged"]})
         print(f"{prompt!r}: {'erased ' + ', '.join(flagged) if flagged else 'no target concept, image unchanged'} -> {path}")
-    (out / "decisions.json").write_text(json.dumps(records, indent=2))
+    atomic_write_bytes(out / "decisions.json", json.dumps(records, indent=2).encode())
     print(f"decisions: {out / 'decisions.json'}")
     return 0
 

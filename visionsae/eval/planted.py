@@ -115,7 +115,7 @@ def evaluate_rule(
     sae_cfg = SAEConfig(d_in=planted.d_in, n_latents=n_latents, **sae_settings)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(out_dir=str(out_dir or tmp), total_samples=total_samples, seed=seed, progress=progress,
-                          checkpoint_every=0, lr=settings.get("lr"))
+                          checkpoint_every=0, lr=settings.get("lr"), overwrite=True)  # out_dir: this evaluation's own
         start = time.perf_counter()
         sae = train_sae(sae_cfg, cfg, data.batches(batch_size))
         seconds = time.perf_counter() - start

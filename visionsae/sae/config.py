@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import types
+import typing
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
+
+from ..errors import UsageError
 
 # Bumped when the meaning of saved tensors or fields changes; readers check it.
 FORMAT_VERSION = 1
@@ -75,31 +81,32 @@ class SAEConfig:
     def __post_init__(self) -> None:
         from .sparsity import RULES  # local: sparsity imports nothing from here at module scope
 
+        check_field_types(self)
         for name in ("d_in", "n_latents", "k"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"SAEConfig.{name} must be a positive integer, got {value!r}")
+            if value < 1:
+                raise UsageError(f"SAEConfig.{name} must be a positive integer, got {value!r}")
         if self.sparsity not in RULES:
-            raise ValueError(
+            raise UsageError(
                 f"unknown sparsity rule {self.sparsity!r}; expected one of {sorted(RULES)}"
             )
         if RULES[self.sparsity].uses_k and self.k > self.n_latents:
-            raise ValueError(
+            raise UsageError(
                 f"k={self.k} is larger than n_latents={self.n_latents}; "
                 f"a {self.sparsity} SAE keeps at most n_latents latents"
             )
         self._check_variant_fields()
         if self.dictionary not in ("linear", "archetypal"):
-            raise ValueError(f"unknown dictionary {self.dictionary!r}; expected 'linear' or 'archetypal'")
+            raise UsageError(f"unknown dictionary {self.dictionary!r}; expected 'linear' or 'archetypal'")
         if self.archetypal_candidates < 0 or (self.archetypal_candidates and self.archetypal_candidates < self.n_latents):
-            raise ValueError(
+            raise UsageError(
                 f"archetypal_candidates must be 0 (n_latents) or >= n_latents={self.n_latents}, "
                 f"got {self.archetypal_candidates}"
             )
         if not self.archetypal_delta >= 0:
-            raise ValueError(f"archetypal_delta must be >= 0, got {self.archetypal_delta!r}")
+            raise UsageError(f"archetypal_delta must be >= 0, got {self.archetypal_delta!r}")
         if self.dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {self.dtype!r}; expected one of {DTYPES}")
+            raise UsageError(f"unknown dtype {self.dtype!r}; expected one of {DTYPES}")
 
     def _check_variant_fields(self) -> None:
         try:
@@ -107,27 +114,31 @@ class SAEConfig:
         except ValueError:
             widths = None
         if widths is None or widths != sorted(set(widths)) or any(not 0 < w < self.n_latents for w in widths):
-            raise ValueError(
+            raise UsageError(
                 f"matryoshka_widths must be increasing comma-separated integers in (0, n_latents={self.n_latents}), "
                 f"e.g. '64,256'; got {self.matryoshka_widths!r}"
             )
         if self.matryoshka_samples < 0 or (self.matryoshka_samples and not widths):
-            raise ValueError(
+            raise UsageError(
                 f"matryoshka_samples={self.matryoshka_samples} needs to be >= 0, and > 0 only with matryoshka_widths "
                 "(its smallest width is the smallest width drawn)"
             )
         if self.gba_groups < 1 or (self.sparsity == "gba" and self.gba_groups > self.n_latents):
-            raise ValueError(f"gba_groups must be in [1, n_latents={self.n_latents}], got {self.gba_groups}")
+            raise UsageError(f"gba_groups must be in [1, n_latents={self.n_latents}], got {self.gba_groups}")
         if not 0 < self.gba_min_frequency <= self.gba_max_frequency <= 1:
-            raise ValueError(
+            raise UsageError(
                 "gba frequencies must satisfy 0 < gba_min_frequency <= gba_max_frequency <= 1, got "
                 f"{self.gba_min_frequency} and {self.gba_max_frequency}"
             )
         if not 0 < self.gba_rate <= 1:
-            raise ValueError(f"gba_rate must be in (0, 1], got {self.gba_rate}")
-        for name in ("afa_coefficient", "aux_zipf_coefficient", "aux_zipf_exponent", "kl_coefficient"):
+            raise UsageError(f"gba_rate must be in (0, 1], got {self.gba_rate}")
+        for name in ("afa_coefficient", "aux_zipf_coefficient", "aux_zipf_exponent", "kl_coefficient",
+                     "l1_coefficient", "l0_coefficient"):
             if getattr(self, name) is not None and not getattr(self, name) >= 0:
-                raise ValueError(f"SAEConfig.{name} must be >= 0, got {getattr(self, name)!r}")
+                raise UsageError(f"SAEConfig.{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("jumprelu_threshold", "jumprelu_bandwidth"):
+            if not getattr(self, name) > 0:
+                raise UsageError(f"SAEConfig.{name} must be > 0, got {getattr(self, name)!r}")
 
     def replace(self, **changes: Any) -> "SAEConfig":
         return dataclasses.replace(self, **changes)
@@ -137,11 +148,62 @@ class SAEConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SAEConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(data, dict):
+            raise UsageError(f"an SAEConfig is a JSON object of settings, got a {type(data).__name__}")
+        fields = dataclasses.fields(cls)
+        known = {f.name for f in fields}
         unknown = sorted(set(data) - known - {"format_version"})
         if unknown:
-            raise ValueError(f"unknown SAEConfig fields {unknown}; known fields are {sorted(known)}")
+            raise UsageError(f"unknown SAEConfig fields {unknown}; known fields are {sorted(known)}")
+        required = [f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        missing = [name for name in required if name not in data]
+        if missing:
+            raise UsageError(f"SAEConfig fields {missing} are missing (required: {', '.join(required)})")
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def to_json(self) -> str:
         return json.dumps({"format_version": FORMAT_VERSION, **self.to_dict()}, indent=2)
+
+
+# --------------------------------------------------------------------------- field checks
+
+
+def check_field_types(obj: Any) -> None:
+    """Raise a :class:`~visionsae.errors.UsageError` naming the first field of the dataclass
+    ``obj`` whose value is not of its annotated type (``int`` excludes ``bool``; ``float``
+    takes an ``int`` too and must be finite). The one check behind every config's
+    ``__post_init__``: the command line, the Python API, a cfg.json and a resumed checkpoint
+    all pass through it."""
+    cls = type(obj)
+    for f in dataclasses.fields(obj):
+        allowed = _field_types(cls)[f.name]
+        value = getattr(obj, f.name)
+        if value is None and type(None) in allowed:
+            continue
+        ok = False
+        for t in allowed:
+            if t is bool:
+                ok = isinstance(value, bool)
+            elif t is int:
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            elif t is float:
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+                if ok and not math.isfinite(value):
+                    raise UsageError(f"{cls.__name__}.{f.name} must be a finite number, got {value!r}")
+            elif t is not type(None):
+                ok = isinstance(value, t)
+            if ok:
+                break
+        if not ok:
+            names = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
+            raise UsageError(f"{cls.__name__}.{f.name} must be {names}, got {value!r} ({type(value).__name__})")
+
+
+@lru_cache(maxsize=None)
+def _field_types(cls: type) -> dict[str, tuple[type, ...]]:
+    """Field name -> the plain types its annotation allows (``float | None`` -> (float, NoneType))."""
+    out = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        out[name] = tuple(typing.get_origin(a) or a for a in args)
+    return out

@@ -22,6 +22,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..errors import InputNotFoundError, UsageError, write_failed
 from .config import FORMAT_VERSION, SAEConfig
 from .model import SparseAutoencoder
 
@@ -38,31 +39,49 @@ def _umask_mode() -> int:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename: readers see the
-    old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, _umask_mode())  # mkstemp makes 0600 files; give the usual permissions
+    old file or the new one, never half of one. A failed write (disk full, no permission)
+    leaves no temporary file and raises a :class:`~visionsae.errors.UsageError` naming ``path``."""
+    path = Path(path)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.chmod(tmp, _umask_mode())  # mkstemp makes 0600 files; give the usual permissions
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise write_failed(path, exc) from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, _umask_mode())
+    """``safetensors`` ``save_file`` through a temporary file and a rename (see
+    :func:`atomic_write_bytes`); the file gets the usual permissions (0644 under umask 022)."""
+    path = Path(path)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        # after save_file: it writes a file of its own (0600) and renames it over ``tmp``
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
+    except (OSError, SafetensorError) as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise write_failed(path, exc) from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 
@@ -82,7 +101,7 @@ def save_sae(sae: SparseAutoencoder, path: str | Path, fold_input_scale: bool = 
         state["input_scale"].fill_(1.0)
     for name, tensor in state.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all() and name != "rule.threshold":
-            raise ValueError(f"refusing to save an SAE whose tensor {name!r} holds NaN or Inf")
+            raise UsageError(f"refusing to save an SAE whose tensor {name!r} holds NaN or Inf")
     atomic_save_tensors(state, path / WEIGHTS_NAME, metadata={"format_version": str(FORMAT_VERSION)})
     atomic_write_bytes(path / CFG_NAME, sae.cfg.to_json().encode())
     return path
@@ -93,31 +112,39 @@ def _resolve(path_or_repo: str | Path, **hub_kwargs) -> Path:
     if path.is_dir():
         return path
     if path.exists():
-        raise ValueError(f"{path} is a file; expected a directory holding {CFG_NAME} and the weights")
+        raise UsageError(f"{path} is a file; expected a directory holding {CFG_NAME} and the weights")
     text = str(path_or_repo)
-    if text.count("/") == 1 and not text.startswith((".", "/")):
+    # "owner/name" may be a hub id; not where "owner" is a local folder ("runs/missing")
+    if text.count("/") == 1 and not text.startswith((".", "/", "~")) and not path.parent.is_dir():
         from huggingface_hub import snapshot_download
 
         subfolder = hub_kwargs.pop("subfolder", None)
         patterns = [f"{subfolder}/*"] if subfolder else None
-        local = Path(snapshot_download(text, allow_patterns=patterns, **hub_kwargs))
+        try:
+            local = Path(snapshot_download(text, allow_patterns=patterns, **hub_kwargs))
+        except (OSError, ValueError) as exc:  # offline, unknown repo, no access
+            reason = " ".join(str(exc).split())[:300]
+            raise InputNotFoundError(
+                f"no SAE directory at {text!r} (no such local path), and no Hugging Face repo {text!r} could be "
+                f"fetched: {type(exc).__name__}: {reason}"
+            ) from None
         return local / subfolder if subfolder else local
-    raise FileNotFoundError(f"no SAE directory at {path_or_repo!r} (expected a directory or a Hugging Face repo id)")
+    raise InputNotFoundError(f"no SAE directory at {text!r} (expected a directory holding {CFG_NAME}, or a Hugging Face repo id)")
 
 
 def _read_tensors(file: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(file))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise ValueError(f"cannot read SAE weights {file}: {exc} (the file is truncated or corrupt)") from exc
+        raise UsageError(f"cannot read SAE weights {file}: {exc} (the file is truncated or corrupt)") from None
 
 
 def _check_shapes(file: Path, tensors: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]]) -> None:
     for name, shape in expected.items():
         if name not in tensors:
-            raise ValueError(f"{file} has no tensor {name!r}; it holds {sorted(tensors)}")
+            raise UsageError(f"{file} has no tensor {name!r}; it holds {sorted(tensors)}")
         if tuple(tensors[name].shape) != shape:
-            raise ValueError(
+            raise UsageError(
                 f"{file}: tensor {name!r} has shape {tuple(tensors[name].shape)} but cfg.json implies {shape}"
             )
 
@@ -127,33 +154,49 @@ def load_sae(path_or_repo: str | Path, device: torch.device | str | None = None,
     root = _resolve(path_or_repo, **hub_kwargs)
     cfg_file = root / CFG_NAME
     if not cfg_file.exists():
-        raise FileNotFoundError(f"{root} has no {CFG_NAME}")
+        raise InputNotFoundError(f"{root} has no {CFG_NAME}")
     try:
-        raw: dict[str, Any] = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{cfg_file} is not valid JSON: {exc}") from exc
+        raw: Any = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{cfg_file} is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise UsageError(f"{cfg_file} holds a JSON {type(raw).__name__}; expected an object of SAE settings")
     if (root / SAELENS_WEIGHTS).exists():
         return _load_saelens(root, raw, device)
     if "format_version" not in raw:
         return _load_sparsify(root, raw, device)
-    if raw["format_version"] > FORMAT_VERSION:
-        raise ValueError(
-            f"{cfg_file} has format_version {raw['format_version']}; this visionsae reads up to {FORMAT_VERSION}"
-        )
-    cfg = SAEConfig.from_dict(raw)
+    version = raw["format_version"]
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise UsageError(f"{cfg_file}: format_version must be a positive integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise UsageError(f"{cfg_file} has format_version {version}; this visionsae reads up to {FORMAT_VERSION}")
+    try:
+        cfg = SAEConfig.from_dict(raw)
+    except ValueError as exc:
+        raise UsageError(f"{cfg_file}: {exc}") from None
     file = root / WEIGHTS_NAME
     if not file.exists():
-        raise FileNotFoundError(f"{root} has no {WEIGHTS_NAME}")
+        raise InputNotFoundError(f"{root} has no {WEIGHTS_NAME}")
     tensors = _read_tensors(file)
     sae = SparseAutoencoder(cfg, device="meta")
     expected = {k: tuple(v.shape) for k, v in sae.state_dict().items()}
     _check_shapes(file, tensors, expected)
     extra = sorted(set(tensors) - set(expected))
     if extra:
-        raise ValueError(f"{file} holds tensors {extra} that a {cfg.sparsity} SAE does not have")
+        raise UsageError(f"{file} holds tensors {extra} that a {cfg.sparsity} SAE does not have")
+    check_finite_weights(file, tensors)
     sae = SparseAutoencoder(cfg, device=device)
     sae.load_state_dict(tensors)
     return sae.eval()
+
+
+def check_finite_weights(where: Path | str, tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse weights holding NaN or Inf (a rule's threshold may be infinite: "never fires")."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and name != "rule.threshold" and not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise UsageError(f"{where}: tensor {name!r} holds NaN or Inf in {bad} of {tensor.numel()} values; "
+                             "refusing to load a broken SAE")
 
 
 def _build(cfg: SAEConfig, weights: dict[str, torch.Tensor], device) -> SparseAutoencoder:

@@ -62,12 +62,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from visionsae.errors import UsageError, check_writable_dir
     from visionsae.sources.extract import extract
     from visionsae.sources.loading import build_source, load_model, read_inputs
     from visionsae.store import TokenKind
 
-    if args.batch_size < 1 or args.shard_rows < 1:
-        raise ValueError("--batch-size and --shard-rows must be >= 1")
+    for flag, value in (("--batch-size", args.batch_size), ("--shard-rows", args.shard_rows), ("--limit", args.limit)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be a positive integer, got {value}")
+    check_writable_dir(args.out, "--out")  # before the model is loaded and run
     if args.device == "auto":
         args.device = _auto_device()
     kind, inputs = read_inputs(args.inputs)
@@ -76,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         loaded = load_model(args.model, encoder=args.encoder, weights=args.weights, device=args.device)
     except OSError as exc:  # a file missing or unreadable inside the model directory
-        raise ValueError(f"cannot load model {args.model}: {' '.join(str(exc).split())}") from None
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise UsageError(f"cannot load model {args.model}: {reason}") from None
     source = build_source(
         loaded, kind, hook=args.hook, layer=args.layer, device=args.device, stop_early=args.stop_early,
         keep_kinds=TokenKind.parse(args.kinds) if args.kinds else None,
@@ -97,6 +101,9 @@ def run(args: argparse.Namespace) -> int:
     for s in skipped:
         print(f"skipped {s['input']}: {s['reason']}", file=sys.stderr)
     print(json.dumps(summary))
+    if manifest["rows"] == 0:
+        raise UsageError(f"no input gave an activation row ({len(skipped)} of {len(inputs)} skipped as unreadable"
+                         f"{', the rest filtered out by --kinds' if args.kinds else ''}): the store at {args.out} is empty")
     return 0
 
 

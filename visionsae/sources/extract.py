@@ -72,6 +72,9 @@ def extract(
 
     A run stopped in any way (killed, crashed) resumes where it stopped when called again with
     the same source, inputs and options: shards already written are kept, the rest are made.
+    Each shard records a fingerprint of the inputs it covers (:func:`inputs_fingerprint`), and a
+    resume whose inputs differ from those already extracted (a prompt file edited in place) is
+    refused.
     Under ``accelerate launch`` (or with ``rank`` / ``world_size``), each process extracts a
     contiguous block of the inputs into its own shards; the last to finish merges the manifests
     (rank 0 after a barrier under accelerate).
@@ -109,6 +112,7 @@ def extract(
         out_dir, source=described, hook=source.hook, num_inputs=len(inputs), dtype=dtype,
         shard_format=shard_format, shard_rows=shard_rows, rank=rank, world_size=world_size,
         overwrite=overwrite, extra={"input_type": source.input_type, "batch_size": batch_size},
+        inputs_fingerprint=lambda a, b: inputs_fingerprint(inputs[a:b], files=source.input_type != "text"),
     )
     start, end = writer.next_input, writer.input_end
     bar = tqdm(total=end - writer.input_start, initial=start - writer.input_start, unit="input",
@@ -144,3 +148,48 @@ def extract(
             except ValueError:
                 pass  # other ranks are still running; the last one merges
     return manifest
+
+
+def inputs_fingerprint(inputs: Sequence[Any], files: bool = True) -> str:
+    """SHA-256 of the inputs' content, in order: prompt text, records (as canonical JSON),
+    tensor bytes, images' pixels. With ``files``, a string naming a file (an image path) is
+    fingerprinted by its path, size and modification time (reading every image again on each
+    resume would cost as much as a pass of the extraction)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for item in inputs:
+        h.update(_input_bytes(item, files))
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+def _input_bytes(item: Any, files: bool = True) -> bytes:
+    if isinstance(item, os.PathLike) or (files and isinstance(item, str) and _is_file(item)):
+        st = os.stat(item)
+        return f"file:{os.fspath(item)}:{st.st_size}:{st.st_mtime_ns}".encode("utf-8", "surrogatepass")
+    if isinstance(item, str):
+        return b"text:" + item.encode("utf-8", "surrogatepass")
+    if isinstance(item, dict):
+        stats = {k: _input_bytes(v).decode("utf-8", "surrogatepass") for k, v in item.items()
+                 if files and isinstance(v, (str, os.PathLike)) and _is_file(v)}
+        return b"record:" + json.dumps([item, stats], sort_keys=True, default=repr).encode("utf-8", "surrogatepass")
+    try:
+        import torch
+
+        if isinstance(item, torch.Tensor):
+            t = item.detach().cpu().contiguous()
+            return f"tensor:{t.dtype}:{tuple(t.shape)}:".encode() + t.view(-1).view(torch.uint8).numpy().tobytes()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    if hasattr(item, "tobytes"):  # PIL images, numpy arrays
+        head = f"{type(item).__name__}:{getattr(item, 'mode', '')}:{getattr(item, 'size', '')}:{getattr(item, 'shape', '')}:"
+        return head.encode() + item.tobytes()
+    return b"repr:" + repr(item).encode("utf-8", "surrogatepass")
+
+
+def _is_file(value: Any) -> bool:
+    try:
+        return os.path.isfile(value)
+    except (OSError, ValueError, TypeError):
+        return False

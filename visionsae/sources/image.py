@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from visionsae.errors import InputNotFoundError, UsageError
 from visionsae.sources.base import ActivationSource, rows_from_tokens, tokens_of
 from visionsae.store import ActivationBatch, TokenKind
 
@@ -30,7 +31,7 @@ OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
-class ImageReadError(ValueError):
+class ImageReadError(UsageError):
     """An image file that cannot be read; the message names the path."""
 
 
@@ -86,10 +87,10 @@ def list_images(folder: str | os.PathLike) -> list[str]:
     """Image files under ``folder`` (recursive, by suffix), sorted by path."""
     root = Path(folder)
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist")
+        raise InputNotFoundError(f"image folder {root} does not exist")
     files = sorted(str(p) for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {root}")
+        raise UsageError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {root}")
     return files
 
 

@@ -27,12 +27,15 @@ records hold ``text`` / ``prompt`` (prompts), ``image`` (images) or ``image`` + 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from visionsae.errors import InputNotFoundError, UsageError
 from visionsae.sources.base import ActivationSource, ModuleSource
 from visionsae.sources.image import list_images
 
@@ -51,19 +54,38 @@ class LoadedModel:
     info: dict = field(default_factory=dict)  # how it was loaded, for the manifest
 
 
+def read_text_lines(path: str | Path) -> list[str]:
+    """The lines of a UTF-8 text file; bytes that are not UTF-8 are an error naming the file and line."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise InputNotFoundError(f"{p} does not exist") from None
+    except IsADirectoryError:
+        raise UsageError(f"{p} is a directory; expected a text file") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise UsageError(f"{p}:{line}: byte {data[exc.start]:#04x} at column {column} is not UTF-8 text "
+                         "(save the file as UTF-8)") from None
+    return text.removeprefix("\ufeff").splitlines()
+
+
 def read_jsonl_objects(path: str | Path) -> Iterator[tuple[int, dict]]:
     """(line number, object) of each non-blank line of a JSONL file; a line that is not a JSON
     object is an error naming the file and the line."""
     p = Path(path)
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_text_lines(p), 1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{p}:{n} is not JSON ({exc.msg})") from None
+            raise UsageError(f"{p}:{n} is not JSON ({exc.msg})") from None
         if not isinstance(rec, dict):
-            raise ValueError(f"{p}:{n} is not a JSON object: {line[:80]!r}")
+            raise UsageError(f"{p}:{n} is not a JSON object: {line[:80]!r}")
         yield n, rec
 
 
@@ -73,11 +95,11 @@ def read_inputs(path: str) -> tuple[str, list]:
     if p.is_dir():
         return "image", list_images(p)
     if not p.exists():
-        raise FileNotFoundError(f"inputs {p} do not exist (expected an image folder, a .txt or a .jsonl file)")
+        raise InputNotFoundError(f"inputs {p} do not exist (expected an image folder, a .txt or a .jsonl file)")
     if p.suffix == ".txt":
-        prompts = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+        prompts = [line.strip() for line in read_text_lines(p) if line.strip()]
         if not prompts:
-            raise ValueError(f"{p} holds no prompts (expected one prompt per line)")
+            raise UsageError(f"{p} holds no prompts (expected one prompt per line)")
         return "text", prompts
     if p.suffix == ".jsonl":
         records = []
@@ -86,7 +108,7 @@ def read_inputs(path: str) -> tuple[str, list]:
                 rec["image"] = str(p.parent / rec["image"])
             records.append(rec)
         if not records:
-            raise ValueError(f"{p} holds no records")
+            raise UsageError(f"{p} holds no records")
         r0 = records[0]
         if "question" in r0:
             return "vlm", records
@@ -94,12 +116,31 @@ def read_inputs(path: str) -> tuple[str, list]:
             key = "text" if "text" in r0 else "prompt"
             for n, r in enumerate(records, 1):
                 if not isinstance(r.get(key), str):
-                    raise ValueError(f"record {n} of {p} has no string {key!r}")
+                    raise UsageError(f"record {n} of {p} has no string {key!r}")
             return "text", [r[key] for r in records]
         if "image" in r0:
             return "image", [r["image"] for r in records]
-        raise ValueError(f"records of {p} need 'text', 'image', or 'image' + 'question' keys; got {sorted(r0)}")
-    raise ValueError(f"inputs {p}: expected an image folder, a .txt file of prompts or a .jsonl file")
+        raise UsageError(f"records of {p} need 'text', 'image', or 'image' + 'question' keys; got {sorted(r0)}")
+    raise UsageError(f"inputs {p}: expected an image folder, a .txt file of prompts or a .jsonl file")
+
+
+def _weights_file(weights: str | Path) -> Path:
+    p = Path(weights)
+    if not p.is_file():
+        raise InputNotFoundError(f"--weights {p}: {'is a directory, not a file' if p.is_dir() else 'no such file'}")
+    return p
+
+
+@contextlib.contextmanager
+def _loading_errors(spec: str, weights: str | Path | None):
+    """A model or weights file the library cannot read becomes one UsageError naming it. (A
+    pickle that asks to run code is refused by torch's weights_only loader; it lands here too.)"""
+    try:
+        yield
+    except (KeyError, IndexError, RuntimeError, ValueError, OSError, EOFError, pickle.UnpicklingError) as exc:
+        reason = " ".join(str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc).split())[:300]
+        what = f"--weights {weights} for {spec}" if weights is not None else f"model {spec}"
+        raise UsageError(f"cannot load {what}: {type(exc).__name__}: {reason or 'no reason given'}") from None
 
 
 def _transformers_class(config_path: Path, fallback: str):
@@ -121,13 +162,15 @@ def load_model(spec: str, *, encoder: str = "text_encoder", weights: str | None 
         name = spec[5:]
         kw = {"pretrained": weights is not None}
         if weights is not None:
-            kw["pretrained_cfg_overlay"] = {"file": str(weights)}
-        model = timm.create_model(name, **kw)
+            kw["pretrained_cfg_overlay"] = {"file": str(_weights_file(weights))}
+        with _loading_errors(spec, weights):
+            model = timm.create_model(name, **kw)
         return LoadedModel(model.to(device).eval(), "image", info={"model": spec, "weights": weights})
     if spec.startswith("open_clip:"):
         import open_clip
 
-        model = open_clip.create_model(spec[10:], pretrained=weights)
+        with _loading_errors(spec, weights):
+            model = open_clip.create_model(spec[10:], pretrained=weights and str(_weights_file(weights)))
         return LoadedModel(model.to(device).eval(), "image", info={"model": spec, "weights": weights})
     if spec in ("efficientnet-lite0", "efficientnet_lite0"):
         import torch
@@ -146,7 +189,7 @@ def load_model(spec: str, *, encoder: str = "text_encoder", weights: str | None 
     if spec.startswith("py:"):
         mod_name, _, fn_name = spec[3:].partition(":")
         if not fn_name:
-            raise ValueError(f"model spec {spec!r}: expected py:MODULE:FUNCTION")
+            raise UsageError(f"model spec {spec!r}: expected py:MODULE:FUNCTION")
         obj = getattr(importlib.import_module(mod_name), fn_name)()
         model, extra = (obj if isinstance(obj, tuple) else (obj, None))
         kind = "module"
@@ -157,7 +200,7 @@ def load_model(spec: str, *, encoder: str = "text_encoder", weights: str | None 
                            processor=extra if kind == "vlm" else None, info={"model": spec})
     root = Path(spec)
     if not root.exists():
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"model {spec!r} is neither a local directory nor a timm:/open_clip:/py: spec "
             "(hub ids are not downloaded; save the model to a directory first)"
         )
@@ -165,7 +208,7 @@ def load_model(spec: str, *, encoder: str = "text_encoder", weights: str | None 
         from transformers import AutoTokenizer
 
         if not (root / encoder / "config.json").exists():
-            raise ValueError(f"pipeline {root} has no {encoder}/ (try --encoder text_encoder or text_encoder_2)")
+            raise UsageError(f"pipeline {root} has no {encoder}/ (try --encoder text_encoder or text_encoder_2)")
         cls, _ = _transformers_class(root / encoder / "config.json", "AutoModel")
         model = cls.from_pretrained(root / encoder)
         tok_dir = root / encoder.replace("text_encoder", "tokenizer")
@@ -173,7 +216,7 @@ def load_model(spec: str, *, encoder: str = "text_encoder", weights: str | None 
         return LoadedModel(model.to(device).eval(), "text", tokenizer=tokenizer,
                            info={"model": str(root), "encoder": encoder})
     if not (root / "config.json").exists():
-        raise ValueError(f"{root} has neither model_index.json (diffusers) nor config.json (transformers)")
+        raise UsageError(f"{root} has neither model_index.json (diffusers) nor config.json (transformers)")
     cls, cfg = _transformers_class(root / "config.json", "AutoModel")
     model = cls.from_pretrained(root).to(device).eval()
     mt = cfg.get("model_type", "")
@@ -207,21 +250,21 @@ def build_source(loaded: LoadedModel, input_kind: str, *, hook: str | None = Non
     on_error = options.pop("on_error", "raise")
     nhwc = options.pop("nhwc", None)
     if options:
-        raise ValueError(f"unknown source options: {sorted(options)}")
+        raise UsageError(f"unknown source options: {sorted(options)}")
     if input_kind == "vlm":
         if loaded.kind != "vlm":
-            raise ValueError(f"image + question inputs need a VLM (LLaVA) model, got a {loaded.kind} model")
+            raise UsageError(f"image + question inputs need a VLM (LLaVA) model, got a {loaded.kind} model")
         return VLMSource(loaded.model, loaded.processor, layer=layer, hook=hook if layer is None else None,
                          on_error=on_error, **common)
     if hook is None:
-        raise ValueError("--hook is required (a module path such as encoder.layer.3)")
+        raise UsageError("--hook is required (a module path such as encoder.layer.3)")
     if input_kind == "text":
         if loaded.kind != "text" or loaded.tokenizer is None:
-            raise ValueError(f"prompt inputs need a text encoder with a tokenizer, got a {loaded.kind} model")
+            raise UsageError(f"prompt inputs need a text encoder with a tokenizer, got a {loaded.kind} model")
         text_opts = {k: v for k, v in text_opts.items() if v is not None}
         return TextEncoderSource(loaded.model, loaded.tokenizer, hook, **text_opts, **common)
     if input_kind == "image":
         if loaded.kind not in ("image", "module"):
-            raise ValueError(f"image inputs need an image backbone, got a {loaded.kind} model")
+            raise UsageError(f"image inputs need an image backbone, got a {loaded.kind} model")
         return ImageSource(loaded.model, hook, preprocess=loaded.processor, on_error=on_error, nhwc=nhwc, **common)
     return ModuleSource(loaded.model, hook, **common)

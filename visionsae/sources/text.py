@@ -13,10 +13,27 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from visionsae.errors import UsageError
 from visionsae.sources.base import ActivationSource, rows_from_tokens, tokens_of
 from visionsae.store import ActivationBatch, TokenKind
 
 _HUGE = 10**6  # tokenizers without a length limit report ~1e30 as model_max_length
+
+
+def check_prompt_text(prompt: object, what: str = "the prompt") -> str:
+    """``prompt`` if it is a string of valid text, else a UsageError naming ``what``: a
+    non-string, or a string holding a lone surrogate (what Python makes of bytes that are not
+    UTF-8 on a command line), which no tokenizer can read."""
+    if not isinstance(prompt, str):
+        raise UsageError(f"{what} is a {type(prompt).__name__}, expected a prompt string")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = prompt[exc.start]
+        shown = f"byte {ord(bad) - 0xDC00:#04x}" if 0xDC80 <= ord(bad) <= 0xDCFF else f"U+{ord(bad):04X}"
+        raise UsageError(f"{what} holds {shown} at character {exc.start + 1}, which is not valid UTF-8 text: "
+                         f"{prompt[:60]!r}") from None
+    return prompt
 
 
 class TextEncoderSource(ActivationSource):
@@ -139,8 +156,7 @@ class TextEncoderSource(ActivationSource):
 
     def prepare(self, prompts: Sequence[str], first_id: int) -> tuple:
         for i, p in enumerate(prompts):
-            if not isinstance(p, str):
-                raise ValueError(f"input {first_id + i} is a {type(p).__name__}, expected a prompt string")
+            check_prompt_text(p, f"input {first_id + i}")
         tok = self.tokenize(prompts)
         ids, mask = tok["input_ids"], tok["attention_mask"]
         full_lengths = mask.sum(1).tolist()

@@ -31,11 +31,14 @@ def run(args: argparse.Namespace) -> int:
     from ..cli import CLIError, dataclass_from_args
     from ..sae.config import SAEConfig
     from .config import TrainConfig
-    from .trainer import Trainer
+    from .trainer import NonFiniteBatchError, Trainer
 
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.d_in is not None and args.d_in < 1:
+        raise CLIError(f"--d-in must be a positive integer, got {args.d_in}")
     train_cfg = dataclass_from_args(TrainConfig, args)
+    store = None
     if args.store:
         from ..store import ActivationStore
 
@@ -43,6 +46,10 @@ def run(args: argparse.Namespace) -> int:
         if args.d_in is not None and args.d_in != store.d_in:
             raise CLIError(f"--d-in {args.d_in} does not match the store's d_in {store.d_in} ({args.store})")
         kinds = args.kinds.split(",") if args.kinds else None
+        if kinds:
+            from ..store import TokenKind
+
+            TokenKind.parse(kinds)  # an unknown kind is named now, not at the first batch
         sae_cfg = dataclass_from_args(
             SAEConfig, args, d_in=store.d_in,
             hook=args.hook or store.hook, model=args.model or store.source.get("model"),
@@ -52,9 +59,23 @@ def run(args: argparse.Namespace) -> int:
     else:
         from ..planted import PlantedConfig, PlantedData
 
-        planted = PlantedConfig(d_in=args.d_in or PlantedConfig.d_in, seed=train_cfg.seed)
+        planted = PlantedConfig(d_in=PlantedConfig.d_in if args.d_in is None else args.d_in, seed=train_cfg.seed)
         sae_cfg = dataclass_from_args(SAEConfig, args, d_in=planted.d_in, extra={"planted": planted.to_dict()})
         batches = PlantedData(planted).batches(args.batch_size)
-    sae = Trainer(sae_cfg, train_cfg).fit(batches)
+    try:
+        sae = Trainer(sae_cfg, train_cfg).fit(batches)
+    except NonFiniteBatchError as exc:
+        if store is None:
+            raise
+        bad = store.nonfinite_rows(progress=train_cfg.progress)
+        if not bad["rows"]:
+            raise
+        where = "; ".join(f"shard {r['shard']!r} row {r['row']} (input {r['input_id']})" for r in bad["first"])
+        more = bad["rows"] - len(bad["first"])
+        raise CLIError(
+            f"the store {args.store} holds NaN or Inf in {bad['rows']} rows: {where}"
+            f"{f' and {more} more' if more else ''}; training stopped at step {exc.step}, before any update from them "
+            "(re-extract those inputs, or train on another store)"
+        ) from None
     print(json.dumps({"sae": f"{train_cfg.out_dir}/sae", "d_in": sae.cfg.d_in, "n_latents": sae.cfg.n_latents, "sparsity": sae.cfg.sparsity}))
     return 0

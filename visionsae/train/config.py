@@ -11,7 +11,13 @@ from typing import Any
 
 import torch
 
+from ..errors import UsageError
+from ..sae.config import check_field_types
+
 SELECT_DTYPES = ("auto", "same", "bfloat16", "float16")
+B_DEC_INITS = ("geometric_median", "mean", "zeros")
+# Fields that change neither the weights nor the data order: a resumed run may set them anew.
+RESUME_FREE = ("out_dir", "resume", "overwrite", "progress", "log_every", "checkpoint_every")
 
 
 @dataclass(frozen=True)
@@ -53,21 +59,40 @@ class TrainConfig:
     seed: int = 0
     """Seed of the SAE's initialisation."""
     resume: bool = False
-    """Continue from out_dir/checkpoint.safetensors if it exists."""
+    """Continue from out_dir/checkpoint.safetensors if it exists (the run's settings, batch size and data must be the same)."""
+    overwrite: bool = False
+    """Start afresh in an out_dir that holds an earlier run, deleting its checkpoint, metrics and SAE (without it, or resume, such an out_dir is refused)."""
     progress: bool = True
     """Show a tqdm progress bar."""
 
     def __post_init__(self) -> None:
-        if self.total_samples < 1:
-            raise ValueError(f"total_samples must be positive, got {self.total_samples}")
+        check_field_types(self)
+        checks = [
+            ("total_samples", self.total_samples >= 1, "a positive integer"),
+            ("lr", self.lr is None or self.lr > 0, "a positive number or None"),
+            ("warmup_steps", self.warmup_steps >= 0, ">= 0"),
+            ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "in [0, 1] (a fraction of lr)"),
+            ("beta1", 0 <= self.beta1 < 1, "in [0, 1)"),
+            ("beta2", 0 <= self.beta2 < 1, "in [0, 1)"),
+            ("grad_clip", self.grad_clip is None or self.grad_clip > 0, "a positive number, or None for no clipping"),
+            ("aux_k", self.aux_k is None or self.aux_k >= 1, "a positive integer, or None for d_in // 2"),
+            ("aux_coefficient", self.aux_coefficient >= 0, ">= 0"),
+            ("dead_after_samples", self.dead_after_samples >= 1, "a positive integer"),
+            ("log_every", self.log_every >= 1, "a positive integer"),
+            ("checkpoint_every", self.checkpoint_every >= 0, ">= 0 (0: only at the end)"),
+            ("seed", 0 <= self.seed < 2**64, "in [0, 2**64)"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise UsageError(f"TrainConfig.{name} must be {expected}, got {getattr(self, name)!r}")
         if self.schedule not in ("cosine", "constant"):
-            raise ValueError(f"unknown schedule {self.schedule!r}; expected 'cosine' or 'constant'")
-        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive number, got {self.lr}")
+            raise UsageError(f"unknown schedule {self.schedule!r}; expected 'cosine' or 'constant'")
         if self.select_dtype not in SELECT_DTYPES:
-            raise ValueError(f"unknown select_dtype {self.select_dtype!r}; expected one of {', '.join(SELECT_DTYPES)}")
-        if self.dead_after_samples < 1:
-            raise ValueError(f"dead_after_samples must be positive, got {self.dead_after_samples}")
+            raise UsageError(f"unknown select_dtype {self.select_dtype!r}; expected one of {', '.join(SELECT_DTYPES)}")
+        if self.b_dec_init not in B_DEC_INITS:
+            raise UsageError(f"unknown b_dec_init {self.b_dec_init!r}; expected one of {', '.join(B_DEC_INITS)}")
+        if self.resume and self.overwrite:
+            raise UsageError("resume and overwrite exclude each other: continue the run in out_dir, or start it afresh")
 
     def learning_rate(self, n_latents: int, batch_rows: int = 256) -> float:
         """``lr``, or the default for an SAE of ``n_latents`` trained on ``batch_rows`` rows

@@ -11,7 +11,9 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
 
@@ -20,21 +22,37 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from ..errors import UsageError, check_writable_dir
 from ..memory import keep_freed_memory
 from ..sae import SAEConfig, SparseAutoencoder
 from ..sae.config import FORMAT_VERSION
 from ..sae.io import atomic_save_tensors, atomic_write_bytes
-from .config import TrainConfig, lr_factor
+from .config import RESUME_FREE, TrainConfig, lr_factor
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 METRICS_NAME = "metrics.jsonl"
+TRAIN_CFG_NAME = "train_cfg.json"
+SAE_DIR_NAME = "sae"
 
 
-class TrainingError(RuntimeError):
-    """Training stopped on bad data or diverging weights; names the step."""
+class TrainingError(UsageError, RuntimeError):
+    """Training stopped on bad data or diverging weights; names the step. (A
+    :class:`~visionsae.errors.UsageError`: the data or the settings are the user's to fix.)"""
+
+
+class NonFiniteBatchError(TrainingError):
+    """A batch holds NaN or Inf; ``step`` is the step it was to train."""
+
+    def __init__(self, message: str, step: int) -> None:
+        super().__init__(message)
+        self.step = step
+
+
+class ShortDataWarning(UserWarning):
+    """The batches ran out before ``total_samples``: the SAE is trained on fewer samples."""
 
 
 def _make_optimizer(params: list[torch.nn.Parameter], lr: float, cfg: TrainConfig) -> torch.optim.Adam:
@@ -58,6 +76,7 @@ class Trainer:
         # GPU and every process would train alone.
         self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
         self.out_dir = Path(cfg.out_dir)
+        self._resumed_window: dict | None = None  # the metrics line in progress at the checkpoint resumed from
 
     # ------------------------------------------------------------------ checks
     def _check_batch(self, batch, step: int, check_finite: bool = True) -> torch.Tensor:
@@ -65,13 +84,13 @@ class Trainer:
             batch = torch.as_tensor(batch)
         if batch.ndim != 2 or batch.shape[-1] != self.sae_cfg.d_in:
             where = f" (hook {self.sae_cfg.hook!r})" if self.sae_cfg.hook else ""
-            raise ValueError(
+            raise UsageError(
                 f"batch at step {step} has shape {tuple(batch.shape)}; expected [batch, {self.sae_cfg.d_in}]{where}"
             )
         if batch.shape[0] == 0:
-            raise ValueError(f"batch at step {step} is empty")
+            raise UsageError(f"batch at step {step} is empty")
         if not batch.is_floating_point():
-            raise ValueError(f"batch at step {step} has dtype {batch.dtype}; expected a float tensor")
+            raise UsageError(f"batch at step {step} has dtype {batch.dtype}; expected a float tensor")
         batch = batch.to(self.accelerator.device, torch.float32, non_blocking=True)
         if check_finite:
             self._check_finite(batch, step)
@@ -81,28 +100,38 @@ class Trainer:
     def _check_finite(batch: torch.Tensor, step: int) -> None:
         if not torch.isfinite(batch).all():
             bad = int((~torch.isfinite(batch)).any(-1).sum())
-            raise TrainingError(
+            raise NonFiniteBatchError(
                 f"batch at step {step} holds NaN or Inf in {bad} of {batch.shape[0]} rows; "
-                "stopped before updating the weights (no checkpoint is written from it)"
+                "stopped before updating the weights (no checkpoint is written from it)",
+                step,
             )
 
     # ------------------------------------------------------------- checkpoints
-    def _save_checkpoint(self, sae: SparseAutoencoder, opt: torch.optim.Optimizer, last_fired: torch.Tensor, step: int, samples: int) -> None:
+    def _save_checkpoint(self, sae: SparseAutoencoder, opt: torch.optim.Optimizer, last_fired: torch.Tensor, step: int,
+                         samples: int, batch_rows: int, window: dict | None = None) -> None:
         tensors = {f"sae.{k}": v for k, v in sae.state_dict().items()}
         for i, p in enumerate(sae.parameters()):
             for key, value in opt.state.get(p, {}).items():
                 tensors[f"opt.{i}.{key}"] = value.reshape(value.shape or (1,)) if torch.is_tensor(value) else torch.tensor([value])
         tensors["last_fired"] = last_fired
+        # the random state the next step draws from (a variational rule's noise, sampled
+        # Matryoshka widths): a resumed run continues it and matches an uninterrupted one
+        tensors["rng.cpu"] = torch.get_rng_state()
+        if last_fired.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(last_fired.device)
         meta = {
             "format_version": str(FORMAT_VERSION),
             "step": str(step),
             "samples": str(samples),
+            "batch_rows": str(batch_rows),
+            # the sums of the metrics line in progress, so a resumed run writes the line a run never stopped writes
+            "window": json.dumps(window or {}),
             "sae_cfg": json.dumps(sae.cfg.to_dict()),
             "train_cfg": json.dumps(self.cfg.to_dict()),
         }
         atomic_save_tensors(tensors, self.out_dir / CHECKPOINT_NAME, metadata=meta)
 
-    def _load_checkpoint(self, sae: SparseAutoencoder, opt: torch.optim.Optimizer) -> tuple[int, int, torch.Tensor]:
+    def _load_checkpoint(self, sae: SparseAutoencoder, opt: torch.optim.Optimizer, batch_rows: int) -> tuple[int, int, torch.Tensor]:
         file = self.out_dir / CHECKPOINT_NAME
         try:
             tensors = load_file(str(file))
@@ -111,10 +140,15 @@ class Trainer:
             with safe_open(str(file), "pt") as f:
                 meta = f.metadata() or {}
         except (SafetensorError, OSError) as exc:
-            raise ValueError(f"cannot resume: {file} is unreadable ({exc})") from exc
+            raise UsageError(f"cannot resume: {file} is unreadable ({exc})") from None
+        self._check_resume_settings(file, json.loads(meta.get("train_cfg", "{}")), meta.get("batch_rows"), batch_rows)
         saved_cfg = json.loads(meta.get("sae_cfg", "{}"))
         if saved_cfg != sae.cfg.to_dict():
-            raise ValueError(f"cannot resume: {file} was written for a different SAE config: {saved_cfg}")
+            now = sae.cfg.to_dict()
+            diff = sorted(k for k in set(saved_cfg) | set(now) if saved_cfg.get(k) != now.get(k))
+            shown = "; ".join(f"{k}={saved_cfg.get(k)!r} there, {now.get(k)!r} now" for k in diff[:4])
+            raise UsageError(f"cannot resume: {file} was written for a different SAE config (differs in {', '.join(diff)}: "
+                             f"{shown}); rerun with the same settings, or start afresh with overwrite (--overwrite)")
         sae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("sae.")})
         for i, p in enumerate(sae.parameters()):
             state = {}
@@ -125,16 +159,95 @@ class Trainer:
                     state[key] = t.reshape(()) if key == "step" else t.to(p.device)
             if state:
                 opt.state[p] = state
+        self._resumed_window = json.loads(meta.get("window", "{}")) or None
+        if "rng.cpu" in tensors:
+            torch.set_rng_state(tensors["rng.cpu"])
+        if "rng.cuda" in tensors and self.accelerator.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng.cuda"], self.accelerator.device)
         return int(meta["step"]), int(meta["samples"]), tensors["last_fired"].to(self.accelerator.device)
+
+    def _check_resume_settings(self, file: Path, saved: dict, saved_rows: str | None, batch_rows: int) -> None:
+        """A resumed run must continue the same run: same settings (but those that change neither
+        the weights nor the data order, ``RESUME_FREE``) and the same rows per step."""
+        now = self.cfg.to_dict()
+        for name in now:
+            if name in RESUME_FREE or name not in saved or saved[name] == now[name]:
+                continue
+            raise UsageError(
+                f"cannot resume: {file} was written with {name}={saved[name]!r}, this run has {name}={now[name]!r}; "
+                "rerun with the same settings, or start afresh with overwrite (--overwrite)"
+            )
+        if saved_rows is not None and int(saved_rows) != batch_rows:
+            raise UsageError(
+                f"cannot resume: {file} was written at {saved_rows} rows per step (batch size x processes), this run "
+                f"has {batch_rows}; rerun with the same batch size, or start afresh with overwrite (--overwrite)"
+            )
+
+    def _earlier_run(self) -> list[str]:
+        """What out_dir holds of an earlier run (checkpoint, metrics, final SAE, settings)."""
+        d = self.out_dir
+        found = [n for n in (CHECKPOINT_NAME, TRAIN_CFG_NAME) if (d / n).exists()]
+        if (d / METRICS_NAME).exists() and (d / METRICS_NAME).stat().st_size > 0:
+            found.append(METRICS_NAME)
+        if (d / SAE_DIR_NAME).exists():
+            found.append(SAE_DIR_NAME + "/")
+        return found
+
+    def _check_out_dir(self) -> None:
+        """Before any work: out_dir can be written, and an earlier run there is not overwritten
+        unless asked (``overwrite``) or continued (``resume``)."""
+        check_writable_dir(self.out_dir, "out_dir")
+        if self.out_dir.is_dir():  # temporary files of a write that a kill cut short
+            for name in (CHECKPOINT_NAME, METRICS_NAME, TRAIN_CFG_NAME):
+                for stray in self.out_dir.glob(f".{name}.*.tmp"):
+                    stray.unlink(missing_ok=True)
+        earlier = self._earlier_run()
+        if not earlier or self.cfg.overwrite:
+            return
+        if not self.cfg.resume:
+            raise UsageError(
+                f"{self.out_dir} holds an earlier run ({', '.join(earlier)}); pass --resume (resume=True) to continue "
+                "it, --overwrite (overwrite=True) to replace it, or choose another --out-dir"
+            )
+        if not (self.out_dir / CHECKPOINT_NAME).exists() and (self.out_dir / SAE_DIR_NAME).exists():
+            raise UsageError(
+                f"cannot resume: {self.out_dir} holds a trained SAE ({SAE_DIR_NAME}/) but no {CHECKPOINT_NAME} to continue "
+                "from; pass --overwrite (overwrite=True) to replace it, or choose another --out-dir"
+            )
+
+    def _clear_earlier_run(self) -> None:
+        for name in (CHECKPOINT_NAME, TRAIN_CFG_NAME, METRICS_NAME):
+            (self.out_dir / name).unlink(missing_ok=True)
+        if (self.out_dir / SAE_DIR_NAME).is_dir():
+            shutil.rmtree(self.out_dir / SAE_DIR_NAME)
+
+    def _keep_metrics_up_to(self, step: int) -> None:
+        """Drop metrics lines past the checkpoint's step (a killed run logged them; the resumed run
+        logs those steps again), so no step is written twice."""
+        file = self.out_dir / METRICS_NAME
+        if not file.exists():
+            return
+        lines = file.read_text().splitlines(keepends=True)
+        kept = []
+        for line in lines:
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+            except (ValueError, KeyError, TypeError):
+                break  # a line cut short by the kill: it and what follows are dropped
+        if kept != lines:
+            atomic_write_bytes(file, "".join(kept).encode())
 
     # ------------------------------------------------------------------- train
     def fit(self, batches: Iterable[torch.Tensor]) -> SparseAutoencoder:
         cfg, acc = self.cfg, self.accelerator
         rank, world = acc.process_index, acc.num_processes
+        if acc.is_main_process:
+            self._check_out_dir()  # before any work: a bad out_dir fails now, not after training
         stream: Iterator = iter(batches)
         first = next(stream, None)
         if first is None:
-            raise ValueError("no activation batches: the data is empty")
+            raise UsageError("no activation batches: the data is empty")
         first = self._check_batch(first, 0)
 
         keep_freed_memory()  # else each step's fresh gradients and temporaries are page-faulted in again
@@ -148,7 +261,9 @@ class Trainer:
 
         step, samples = 0, 0
         if cfg.resume and (self.out_dir / CHECKPOINT_NAME).exists():
-            step, samples, last_fired = self._load_checkpoint(sae, opt)
+            step, samples, last_fired = self._load_checkpoint(sae, opt, first.shape[0] * world)
+        elif cfg.overwrite and acc.is_main_process:
+            self._clear_earlier_run()
         stream = itertools.chain([first], stream)
         # Skip what the checkpoint already consumed; each process takes every world-th batch.
         stream = itertools.islice(stream, step * world + rank, None, world)
@@ -160,16 +275,42 @@ class Trainer:
         if acc.is_main_process:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             if step == 0:
-                metrics_file.write_text("")
+                atomic_write_bytes(metrics_file, b"")
+            else:
+                self._keep_metrics_up_to(step)
         bar = tqdm(total=total_steps, initial=step, desc="train SAE", disable=not (cfg.progress and acc.is_main_process), unit="step")
-        window: dict[str, float] = {"fvu": 0.0, "l0": 0.0, "aux": 0.0, "n": 0}
+        window: dict[str, float] = self._resumed_window or {"fvu": 0.0, "l0": 0.0, "aux": 0.0, "n": 0}
         t_window = time.perf_counter()
         aux_k = cfg.aux_k or self.sae_cfg.d_in // 2
         last_saved = step
 
+        def log_window() -> None:
+            nonlocal window, t_window
+            n = window["n"]
+            now = time.perf_counter()
+            record = {
+                "step": step,
+                "samples": samples,
+                "fvu": window["fvu"] / n,
+                "l0": window["l0"] / n,
+                "aux_loss": window["aux"] / n,
+                "dead_fraction": float(((samples - last_fired) > cfg.dead_after_samples).float().mean()),
+                "lr": opt.param_groups[0]["lr"],
+                "samples_per_s": n * batch_size * world / max(now - t_window, 1e-9),
+                **{name: value / n for name, value in window.items() if name.startswith("loss_")},
+            }
+            bar.set_postfix(fvu=f"{record['fvu']:.3f}", l0=f"{record['l0']:.1f}", dead=f"{record['dead_fraction']:.2f}")
+            if acc.is_main_process:
+                with metrics_file.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+            window = {"fvu": 0.0, "l0": 0.0, "aux": 0.0, "n": 0}
+            t_window = now
+
+        ran_out = False
         while step < total_steps:
             raw = next(stream, None)
             if raw is None:
+                ran_out = True
                 break
             # A NaN or Inf in a batch makes the loss non-finite; the batch is searched only then.
             batch = self._check_batch(raw, step, check_finite=False)
@@ -216,41 +357,32 @@ class Trainer:
             bar.update(1)
 
             if step % cfg.log_every == 0 or step == total_steps:
-                n = window["n"]
-                now = time.perf_counter()
-                record = {
-                    "step": step,
-                    "samples": samples,
-                    "fvu": window["fvu"] / n,
-                    "l0": window["l0"] / n,
-                    "aux_loss": window["aux"] / n,
-                    "dead_fraction": float(((samples - last_fired) > cfg.dead_after_samples).float().mean()),
-                    "lr": opt.param_groups[0]["lr"],
-                    "samples_per_s": n * batch_size * world / max(now - t_window, 1e-9),
-                    **{name: value / n for name, value in window.items() if name.startswith("loss_")},
-                }
-                bar.set_postfix(fvu=f"{record['fvu']:.3f}", l0=f"{record['l0']:.1f}", dead=f"{record['dead_fraction']:.2f}")
-                if acc.is_main_process:
-                    with metrics_file.open("a") as f:
-                        f.write(json.dumps(record) + "\n")
-                window = {"fvu": 0.0, "l0": 0.0, "aux": 0.0, "n": 0}
-                t_window = now
+                log_window()
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps:
                 if acc.is_main_process:
-                    self._save_checkpoint(sae, opt, last_fired, step, samples)
+                    self._save_checkpoint(sae, opt, last_fired, step, samples, batch_size * world, window)
                 last_saved = step
         bar.close()
         if step == 0:
-            raise ValueError("no activation batches: the data is empty")
+            raise UsageError("no activation batches: the data is empty")
+        if ran_out:
+            if window["n"]:
+                log_window()  # the steps since the last line
+            warnings.warn(
+                f"the batches ran out after {step} of {total_steps} steps ({samples} of {cfg.total_samples} samples); "
+                "the SAE is trained on those only (give more data, loop over it, or lower total_samples)",
+                ShortDataWarning, stacklevel=2,
+            )
         sae.eval()
         chosen_in = sae.select_dtype
         sae.select_dtype = None  # the returned SAE chooses exactly unless a trainer says otherwise
         if acc.is_main_process:
-            self._save_checkpoint(sae, opt, last_fired, step, samples)
-            sae.save_pretrained(self.out_dir / "sae")
+            self._save_checkpoint(sae, opt, last_fired, step, samples, batch_size * world)
+            sae.save_pretrained(self.out_dir / SAE_DIR_NAME)
             # the settings as given, and what "None"/"auto" resolved to in this run
-            resolved = {"lr": lr, "select_dtype": str(chosen_in or sae.W_enc.dtype).removeprefix("torch."), "batch_rows": batch_size * world}
-            atomic_write_bytes(self.out_dir / "train_cfg.json", json.dumps({**cfg.to_dict(), "resolved": resolved}, indent=2).encode())
+            resolved = {"lr": lr, "select_dtype": str(chosen_in or sae.W_enc.dtype).removeprefix("torch."), "batch_rows": batch_size * world,
+                        "steps": step, "samples": samples}
+            atomic_write_bytes(self.out_dir / TRAIN_CFG_NAME, json.dumps({**cfg.to_dict(), "resolved": resolved}, indent=2).encode())
         acc.wait_for_everyone()
         return sae
 

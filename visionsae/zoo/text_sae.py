@@ -129,7 +129,8 @@ def main(argv=None) -> int:
     run_dir = Path("runs/zoo-text-sae")
     # the settings the shipped SAE was trained with, so this command reproduces it
     pinned = original_defaults(args.n_latents, args.samples)
-    sae = train_sae(cfg, TrainConfig(out_dir=str(run_dir), total_samples=args.samples, seed=args.seed, **pinned), batches())
+    sae = train_sae(cfg, TrainConfig(out_dir=str(run_dir), total_samples=args.samples, seed=args.seed, overwrite=True, **pinned),
+                    batches())  # run_dir is this script's scratch folder: a rerun replaces it
     sae.save_pretrained(out)
     sae = SparseAutoencoder.from_pretrained(out)
     metrics = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]

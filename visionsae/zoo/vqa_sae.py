@@ -160,7 +160,8 @@ def train_variant(variant: str, rows: SequenceRows, hook: str, n_latents: int, k
                            "conversations": f"{len(rows.labels)} Fashion-MNIST train images with training phrasings"})
     torch.manual_seed(seed)
     pinned = original_defaults(cfg.n_latents, samples)  # the settings the shipped SAE was trained with
-    return train_sae(cfg, TrainConfig(out_dir=str(run_dir / variant), total_samples=samples, seed=seed, checkpoint_every=0, **pinned), batches)
+    return train_sae(cfg, TrainConfig(out_dir=str(run_dir / variant), total_samples=samples, seed=seed, checkpoint_every=0,
+                                      overwrite=True, **pinned), batches)  # run_dir: this script's scratch folder
 
 
 def build_concepts(sae, vqa, out: Path | None = None, per_class: int = 200, calibration_per_class: int = 40,
