@@ -1,0 +1,449 @@
+"""Disjoint prompt families for ItD on the zoo: one selects features, one calibrates, one evaluates.
+
+Every figure of an erasure must come from prompts that chose nothing. So each of the ten
+Fashion-MNIST class concepts has three families of prompts, split by *template and phrasing*
+(never by random prompt), and no template, noun phrase, description, scene or near miss
+appears in more than one family:
+
+* ``select``    — chooses the SAE features (and trains the SAE): the zoo's training captions
+  (``captions.TRAIN_*``) and the class word's basic forms in those templates;
+* ``calibrate`` — sets the classifier thresholds and the edit strength: its own templates,
+  noun phrases, descriptions, scenes and near misses;
+* ``evaluate``  — measures: its own templates (the zoo's held-out templates and more), noun
+  phrases, descriptions, scenes and near misses. Nothing in it chose anything.
+
+Each family has the same *kinds* of prompts (:data:`KINDS`): the class under other names in
+templates (``nouns``), the class word's basic forms (singular, plural, upper case, with and
+without article, :data:`CLASS_WORDS`), misspellings of the class word (``typos``, made with
+nlpaug's character augmenters, keeping only non-words), descriptions that avoid the class
+word, the class word inside a long scene (``scenes``, still within the tokenizer's 20
+tokens), and for the negative side near misses (things like the class but not of it: other
+footwear for sneaker, other carried things for bag) and generic prompts (ImageNet classes
+other than garments, footwear and bags, their own classes and templates per family).
+
+The erasure evaluation (``visionsae eval erasure``) generates from ``evaluate`` only; the
+zoo's concept set (``visionsae.zoo.text_sae``) is built from ``select`` and ``calibrate``.
+``tests/zoo/test_prompt_families.py`` checks the families are disjoint.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from functools import lru_cache
+
+from .captions import CLASS_NAMES, NUM_CLASSES, SYNONYMS, TRAIN_DESCRIPTIONS, TRAIN_TEMPLATES
+
+FAMILIES: tuple[str, ...] = ("select", "calibrate", "evaluate")
+KINDS: tuple[str, ...] = ("nouns", "basic_forms", "typos", "descriptions", "scenes")
+NEGATIVE_KINDS: tuple[str, ...] = ("near_misses", "generic")
+
+# The class word of each class, singular and plural (basic forms and typos are made from it).
+CLASS_WORDS: tuple[tuple[str, str], ...] = (
+    ("t-shirt", "t-shirts"),
+    ("trouser", "trousers"),
+    ("pullover", "pullovers"),
+    ("dress", "dresses"),
+    ("coat", "coats"),
+    ("sandal", "sandals"),
+    ("shirt", "shirts"),
+    ("sneaker", "sneakers"),
+    ("bag", "bags"),
+    ("ankle boot", "ankle boots"),
+)
+
+TEMPLATES: dict[str, tuple[str, ...]] = {
+    "select": TRAIN_TEMPLATES,
+    "calibrate": (
+        "a photograph of {}",
+        "a nice picture of {}",
+        "a product shot of {}",
+        "a detailed photo of {}",
+        "{} against a gray backdrop",
+        "a picture showing {}",
+        "an advert with {}",
+        "a listing photo of {}",
+        "a bright picture of {}",
+        "a scan of {}",
+        "a tiny picture of {}",
+        "{} photographed from above",
+    ),
+    "evaluate": (
+        "a clean shot of {}",
+        "{} on a white background",
+        "a thumbnail showing {}",
+        "a blurry photo of {}",
+        "a snapshot of {}",
+        "a fashion picture of {}",
+        "there is {} in this picture",
+        "an e-commerce photo of {}",
+        "a high quality photo of {}",
+        "an old photo of {}",
+        "a store display of {}",
+        "a web shop image of {}",
+        "a quick sketch of {}",
+        "a magazine photo of {}",
+        "a square photo of {}",
+        "{} lying on a table",
+    ),
+}
+
+# Noun phrases of each class per family (select: the zoo's training synonyms).
+NOUNS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "select": SYNONYMS,
+    "calibrate": (
+        ("a graphic tee", "a v-neck t-shirt", "a plain white tee", "a sleeveless tee"),
+        ("chinos", "cargo pants", "a pair of chinos", "khakis"),
+        ("a wool sweater", "a hoodie", "a cable-knit jumper", "a fleece pullover"),
+        ("a cocktail dress", "a sundress", "a maxi dress", "a ball gown"),
+        ("a trench coat", "a raincoat", "a puffer jacket", "a windbreaker"),
+        ("a gladiator sandal", "beach sandals", "a pair of flip-flops", "slides"),
+        ("a dress shirt", "an oxford shirt", "a denim shirt", "a linen shirt"),
+        ("tennis shoes", "a pair of trainers", "gym shoes", "a basketball shoe"),
+        ("a backpack", "a satchel", "a clutch", "a messenger bag"),
+        ("a combat boot", "a pair of booties", "a suede boot", "hiking boots"),
+    ),
+    "evaluate": (
+        ("a striped t-shirt", "a band tee", "a black tee", "a cropped top", "a jersey top"),
+        ("denim jeans", "a pair of cargo trousers", "dress pants", "corduroy trousers", "sweatpants"),
+        ("a turtleneck sweater", "a crewneck sweatshirt", "a chunky knit", "a hooded sweatshirt", "a knitted jumper"),
+        ("a wedding dress", "a floral dress", "a mini dress", "a party frock", "a slip dress"),
+        ("a pea coat", "a down jacket", "an anorak", "a wool overcoat", "a bomber jacket"),
+        ("open-toe sandals", "a leather sandal", "thong sandals", "a wedge sandal", "summer sandals"),
+        ("a plaid shirt", "a poplin shirt", "a checked shirt", "a silk blouse", "a white formal shirt"),
+        ("athletic shoes", "a running shoe", "canvas sneakers", "a high-top sneaker", "jogging shoes"),
+        ("a duffel bag", "a briefcase", "a handbag with a strap", "a shopping bag", "a crossbody bag"),
+        ("a leather ankle boot", "work boots", "a cowboy boot", "a pair of winter boots", "a heeled bootie"),
+    ),
+}
+
+# Descriptions that avoid the class word (select: the zoo's training descriptions).
+DESCRIPTIONS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "select": tuple(train + extra for train, extra in zip(TRAIN_DESCRIPTIONS, (
+        ("a top with short sleeves for the weekend", "a thin jersey top with a print on the chest",
+         "a loose top with short arms and no collar", "a cotton top for a summer holiday",
+         "a comfortable top with short sleeves for sleeping", "a white top with short sleeves and a small logo"),
+        ("smart legwear with a crease down the front", "a pair of baggy pants for skating",
+         "stretchy legwear for yoga", "long legwear with a drawstring waist",
+         "a pair of worn denims with torn knees", "formal legwear for a wedding suit"),
+        ("a knitted top with a round neck for autumn", "a soft top of cashmere with long sleeves",
+         "a woolly top with a reindeer pattern", "a loose knit with long sleeves for the weekend",
+         "a warm top with a hood and a front pocket", "a ribbed knit with long sleeves"),
+        ("a short outfit with a skirt for a summer party", "a long silk outfit for a ball",
+         "a one-piece outfit with a belt and short sleeves", "a flowing outfit for a garden party",
+         "a little black outfit for the evening", "a one-piece outfit with a pleated skirt"),
+        ("a waterproof outer layer with a hood", "a long woollen outer layer with a belt",
+         "a quilted outer layer for skiing", "a thick outer layer with a fur collar",
+         "an outer layer with big buttons for cold mornings", "a warm outer layer for a walk in the snow"),
+        ("flat footwear with a strap between the toes", "footwear with cork soles for the summer",
+         "open-toed footwear for a walk by the sea", "footwear with velcro straps for hiking in summer",
+         "light footwear with two thin straps", "open footwear with a low heel and a buckle"),
+        ("a top with a collar and buttons for work", "a crisp white top with cuffs",
+         "a striped top with a button-down collar", "a long-sleeved top with a breast pocket",
+         "a formal top to wear with a tie", "a top with a mandarin collar and buttons"),
+        ("footwear with laces and a foam sole for running", "comfortable footwear for tennis",
+         "bright shoes for the gym with a rubber sole", "a pair of shoes for a marathon",
+         "low shoes with three stripes and laces", "light footwear for training with a mesh upper"),
+        ("a carrier with a zip and a shoulder strap", "a leather carrier for documents",
+         "a small accessory with a chain strap for an evening out", "a large carrier for a weekend trip",
+         "a fabric carrier with two handles", "an accessory for holding a phone, keys and lipstick"),
+        ("footwear with a zip at the side up to the ankle", "short leather footwear with a thick heel",
+         "chunky laced footwear that covers the ankle", "short suede footwear for autumn walks",
+         "footwear with a pull tab that covers the ankle", "sturdy short footwear with an elastic side"),
+    ))),
+    "calibrate": (
+        ("a casual cotton top with short sleeves and a round neck", "a loose summer top with a printed logo",
+         "a light top with short arms for hot days", "a basic short-sleeved top for everyday wear"),
+        ("long legwear with a zip and a button", "something to wear on your legs to work",
+         "full-length legwear made of denim", "a garment with two long legs and pockets"),
+        ("a cosy knitted top with long sleeves for winter", "a warm top made of wool",
+         "a thick long-sleeved top you put on over your head", "a soft knit to wear when it is cold"),
+        ("a one-piece garment for women that reaches the knees", "an elegant outfit for a party",
+         "a flowing piece of clothing for a summer wedding", "a sleeveless one-piece outfit with a skirt"),
+        ("warm outerwear to wear over your clothes in winter", "a long garment with buttons to keep out the rain",
+         "thick outerwear with a hood and a zip", "something to put on over everything when it snows"),
+        ("open footwear with straps for the beach", "light summer footwear that shows the toes",
+         "footwear with a thin sole and buckled straps", "strappy shoes for a hot day"),
+        ("a long-sleeved top with buttons and a collar for the office", "a formal top with a pointed collar",
+         "a checked top with buttons down the front", "a button-front top with cuffs"),
+        ("lace-up shoes with rubber soles for the gym", "comfortable shoes for a morning run",
+         "sporty low shoes for exercise", "casual shoes with laces and a thick sole"),
+        ("something to carry your wallet and phone in", "a leather carrier with a long strap",
+         "a container with handles for shopping", "an accessory for carrying books to school"),
+        ("footwear that covers the ankle with a small heel", "sturdy shoes that reach above the ankle",
+         "short leather footwear with a zip for autumn", "winter footwear with a thick sole up to the ankle"),
+    ),
+    "evaluate": (
+        ("a short-sleeved cotton top with a band logo", "something light with short sleeves for a hot day",
+         "a simple crew-neck top for the gym", "a soft top with short sleeves and no buttons",
+         "a casual summer top with a round collar"),
+        ("legwear with belt loops and two long legs", "denim legwear for the weekend",
+         "long bottoms with pockets on the side", "a full-length garment for the legs with a zipper",
+         "smart long legwear for a job interview"),
+        ("a long-sleeved knitted top for the ski trip", "a woollen top to wear over a blouse",
+         "a chunky knit for chilly evenings", "a warm knitted garment with a ribbed collar",
+         "a heavy wool top for a snowy day"),
+        ("a knee-length one-piece outfit with thin straps", "a long flowing outfit for a gala night",
+         "a light one-piece summer outfit with a flower pattern", "an evening outfit with a fitted waist and a long skirt",
+         "a one-piece garment with a flared skirt for dancing"),
+        ("heavy outerwear with a fur-lined hood", "a long buttoned garment to wear over a suit",
+         "thick outerwear for a snowy walk", "a padded zip-up layer for freezing weather",
+         "warm outerwear with big pockets and a belt"),
+        ("open-toed footwear with a buckle strap", "flat summer footwear with straps across the foot",
+         "strappy footwear for a walk on the sand", "footwear with leather straps that leaves the toes bare",
+         "light footwear with a cork sole and two straps"),
+        ("a button-down top with long sleeves for a meeting", "a crisp top with a collar and cuffs",
+         "a striped top with buttons for the office", "a cotton top with a collar and a chest pocket",
+         "a smart long-sleeved top to wear under a blazer"),
+        ("low shoes with laces and a cushioned sole for running", "sporty footwear for the basketball court",
+         "comfortable shoes with rubber soles for walking all day", "casual lace-up footwear with a white sole",
+         "light shoes for a jog in the park"),
+        ("a carrier with two handles for groceries", "a leather accessory with a shoulder strap for your phone and keys",
+         "something with a zip to carry your laptop", "a small carrier for a night out",
+         "a canvas carrier for the beach"),
+        ("footwear that reaches just above the ankle with a low heel", "leather footwear with laces that covers the ankle",
+         "chunky winter footwear up to the ankle", "suede footwear with a side zip that covers the ankle",
+         "short footwear with a block heel for the rain"),
+    ),
+}
+
+# Long sentences with a noun phrase ``{}`` inside or at the end (they fit the 20-token prompts).
+SCENES: dict[str, tuple[str, ...]] = {
+    "select": (
+        "a sunny afternoon in the park with {} next to the bench",
+        "my friend left {} on the kitchen table yesterday",
+        "a busy street market where someone sells {} and fruit",
+    ),
+    "calibrate": (
+        "a quiet hotel room with {} on the bed and a lamp",
+        "an old wooden shelf in a shop holding {} and some hats",
+        "on a rainy morning at the bus stop i noticed {}",
+    ),
+    "evaluate": (
+        "a cozy living room with a sofa and {} on the floor",
+        "after the long walk home she put {} by the door",
+        "a window display on a busy street with {} in the middle",
+        "on a rainy evening in the old town i finally bought {}",
+        "the last thing left in the empty shop window was {}",
+    ),
+}
+
+# Things like each class but not of it (other footwear for sneaker, other carried things for bag).
+NEAR_MISSES: dict[str, tuple[tuple[str, ...], ...]] = {
+    "select": (
+        ("a scarf", "a bow tie", "a pair of boxer shorts", "a sports bra", "a silk handkerchief"),
+        ("a skirt", "a belt", "a pair of leggings", "a pair of boxer shorts", "a garter", "a pair of suspenders"),
+        ("a wool hat", "a blanket", "a pair of woollen socks", "a knitted glove", "a ball of yarn"),
+        ("an apron", "a bathrobe", "a petticoat", "a bed sheet", "a table runner"),
+        ("a bulletproof vest", "a cape", "a motorcycle helmet", "a pair of ski gloves", "a hooded towel"),
+        ("a bath mat", "a sock", "a pair of insoles", "a doormat", "a foot spa"),
+        ("a necktie", "a cufflink", "a suit vest", "a tie clip", "a collar stay"),
+        ("a slip-on shoe", "clogs", "a high heel", "an ice skate", "a pair of wellies", "a stiletto",
+         "a house slipper", "a wooden sabot", "a riding boot", "a pair of espadrilles", "a dance shoe"),
+        ("an umbrella", "a water bottle", "a laptop", "a pencil", "a thermos flask", "a tablet computer",
+         "a paperback novel", "a pocket knife", "a bicycle helmet", "a lunchbox", "a notebook", "a key ring"),
+        ("a knee pad", "a shoe horn", "a sock with a heel", "a pair of flip-flop socks", "a boot jack"),
+    ),
+    "calibrate": (
+        ("a bandana", "a necklace"),
+        ("a kilt", "swimming trunks"),
+        ("a pair of mittens", "a quilt"),
+        ("a long skirt", "a shawl"),
+        ("a sleeping bag", "a duvet"),
+        ("a beach towel", "a pair of slippers"),
+        ("a pocket square", "a coat hanger"),
+        ("a leather loafer", "a ballet flat", "a wooden clog", "a ski boot"),
+        ("a smartphone", "a book", "a set of keys", "a camera"),
+        ("a shoelace", "a pair of leg warmers"),
+    ),
+    "evaluate": (
+        ("a swimsuit", "a bikini", "a baseball cap"),
+        ("a pleated skirt", "a leather belt", "knee socks"),
+        ("a beanie", "a knitted scarf", "a wool blanket"),
+        ("a tutu", "a curtain", "a bath towel"),
+        ("a tent", "a thick blanket", "an umbrella stand"),
+        ("a straw hat", "a pair of socks", "a bathing suit"),
+        ("a windsor tie", "a lanyard", "an ironing board"),
+        ("a high-heeled shoe", "an oxford shoe", "a moccasin", "a rubber rain boot", "a roller skate"),
+        ("a coffee cup", "a newspaper", "a tennis racket", "a pair of sunglasses", "a wristwatch"),
+        ("a ballet shoe", "a pair of tights", "a shoe box"),
+    ),
+}
+
+# Generic prompts: ImageNet classes that are neither garments, footwear nor bags (those are
+# the concepts themselves, or their near misses), split by class and by template per family.
+APPAREL_IMAGENET_CLASSES: frozenset[int] = frozenset({
+    399, 400, 411, 414, 433, 439, 443, 445, 451, 452, 457, 459, 461, 464, 465, 474, 490, 496, 501, 502,
+    514, 515, 518, 524, 529, 531, 568, 578, 597, 601, 608, 610, 614, 615, 617, 630, 636, 638, 639, 655,
+    658, 667, 679, 689, 697, 728, 735, 747, 748, 770, 774, 775, 788, 790, 793, 797, 806, 808, 824, 826,
+    834, 836, 837, 841, 842, 869, 879, 887, 893, 903, 906,
+})
+
+
+def _template_key(template: str) -> str:
+    """A template reduced to its words without articles: 'a blurry photo of a {}.' and
+    'a blurry photo of {}' are the same template."""
+    words = re.sub(r"[^a-z{} ]", " ", template.lower().replace("-", " ")).split()
+    return " ".join(w for w in words if w not in ("a", "an", "the"))
+
+
+@lru_cache(maxsize=None)
+def generic_templates() -> dict[str, tuple[str, ...]]:
+    """open_clip's 80 ImageNet templates split over the families (as ``{}`` templates). A template
+    that is also a zoo template of a family goes to that family; the rest in turn."""
+    from open_clip import OPENAI_IMAGENET_TEMPLATES
+
+    owner = {_template_key(t): fam for fam, ts in (*TEMPLATES.items(), *SCENES.items()) for t in ts}
+    out: dict[str, list[str]] = {f: [] for f in FAMILIES}
+    for fn in OPENAI_IMAGENET_TEMPLATES:  # "a photo of a {}." and "a photo of the {}." go together
+        t = fn("{}")
+        key = _template_key(t)
+        if key not in owner:
+            owner[key] = FAMILIES[len({k for k in owner if owner[k] is not None}) % len(FAMILIES)]
+        out[owner[key]].append(t)
+    return {f: tuple(v) for f, v in out.items()}
+
+
+@lru_cache(maxsize=None)
+def generic_classes() -> dict[str, tuple[str, ...]]:
+    """ImageNet class names other than apparel, split over the families by a fixed shuffle."""
+    from open_clip import IMAGENET_CLASSNAMES
+
+    ids = [i for i in range(len(IMAGENET_CLASSNAMES)) if i not in APPAREL_IMAGENET_CLASSES]
+    random.Random("generic-classes").shuffle(ids)
+    return {f: tuple(IMAGENET_CLASSNAMES[i] for i in sorted(ids[j:: len(FAMILIES)])) for j, f in enumerate(FAMILIES)}
+
+
+def generic_prompts(family: str, count: int | None = None, seed: int = 0) -> list[str]:
+    """Generic prompts of ``family``: its ImageNet classes in its templates (``count`` of them,
+    drawn without replacement in a seeded order; all of them when ``count`` is None)."""
+    _check_family(family)
+    templates, classes = generic_templates()[family], generic_classes()[family]
+    pool = sorted({t.format(c) for t in templates for c in classes})
+    if count is None:
+        return pool
+    if count > len(pool):
+        raise ValueError(f"asked for {count} generic {family} prompts; the family has {len(pool)}")
+    return random.Random(f"{seed}-{family}").sample(pool, count)
+
+
+def _check_family(family: str) -> None:
+    if family not in FAMILIES:
+        raise ValueError(f"unknown prompt family {family!r}; expected one of {FAMILIES}")
+
+
+def _check_label(label: int) -> int:
+    if not 0 <= int(label) < NUM_CLASSES:
+        raise ValueError(f"class label must be in 0..{NUM_CLASSES - 1}, got {label}")
+    return int(label)
+
+
+def basic_forms(label: int, family: str) -> list[str]:
+    """The class word as users type it: singular and plural, with and without article, upper
+    case, in the family's templates and scenes. The bare words ("sneaker", "SNEAKERS") are the
+    concept's name and belong to ``select`` only (they are its ``{}`` template)."""
+    label, _ = _check_label(label), _check_family(family)
+    singular, plural = CLASS_WORDS[label]
+    article = "an" if singular[0] in "aeiou" else "a"
+    forms = (f"{article} {singular}", plural, singular)  # with article, plural, without article
+    out = [singular, plural, f"{article} {singular}", singular.upper(), plural.upper()] if family == "select" else []
+    for i, template in enumerate(TEMPLATES[family]):
+        phrase = template.format(forms[i % 3])
+        out.append(phrase.upper() if i % 4 == 3 else phrase)
+    for i, scene in enumerate(SCENES[family]):
+        out.append(scene.format(forms[i % 3]))
+    return _unique(out)
+
+
+def _unique(prompts) -> list[str]:
+    return list(dict.fromkeys(prompts))
+
+
+@lru_cache(maxsize=1)
+def english_words() -> frozenset[str]:
+    """Known English words (symspellpy's frequency dictionary): a typo that spells one of
+    them is another word, not a misspelling."""
+    from ..concepts.normalize import english_words as words
+
+    return words()
+
+
+def misspell(word: str, count: int, seed: str) -> list[str]:
+    """Up to ``count`` distinct misspellings of ``word`` (one or two characters changed by
+    nlpaug's keyboard, swap, delete and insert augmenters), none an English word."""
+    import nlpaug.augmenter.char as nac
+    import numpy as np
+
+    known = english_words()
+    augmenters = [
+        nac.KeyboardAug(aug_char_min=1, aug_char_max=1, aug_word_p=1.0, include_special_char=False,
+                        include_numeric=False, include_upper_case=False),
+        nac.RandomCharAug(action="swap", aug_char_min=1, aug_char_max=1, aug_word_p=1.0),
+        nac.RandomCharAug(action="delete", aug_char_min=1, aug_char_max=1, aug_word_p=1.0),
+        nac.RandomCharAug(action="insert", aug_char_min=1, aug_char_max=1, aug_word_p=1.0,
+                          include_upper_case=False, include_numeric=False, spec_char=""),
+    ]
+    out: list[str] = []
+    rng = random.Random(seed)
+    for attempt in range(count * 20):
+        if len(out) >= count:
+            break
+        aug = augmenters[attempt % len(augmenters)]
+        state = rng.randrange(2**31)
+        random.seed(state)
+        np.random.seed(state)
+        typo = aug.augment(word)[0].lower()
+        if typo != word and typo not in known and " " not in typo.strip() and typo not in out:
+            out.append(typo)
+    return out
+
+
+def typo_prompts(label: int, family: str) -> list[str]:
+    """Misspellings of the class word (its longest run of letters: "shirt" of "t-shirt") in the
+    family's templates."""
+    label, _ = _check_label(label), _check_family(family)
+    singular, plural = CLASS_WORDS[label]
+    templates = TEMPLATES[family]
+    out = []
+    for n, form in enumerate((singular, plural)):
+        word = max(re.findall(r"[a-z]+", form), key=len)
+        for i, typo in enumerate(misspell(word, len(templates) // 2, f"{family}-{label}-{n}")):
+            phrase = form.replace(word, typo)
+            article = ("an " if phrase[0] in "aeiou" else "a ") if n == 0 else ""
+            out.append(templates[(2 * i + n) % len(templates)].format(article + phrase))
+    return _unique(out)
+
+
+def noun_prompts(label: int, family: str) -> list[str]:
+    """The family's noun phrases of the class in the family's templates."""
+    label, _ = _check_label(label), _check_family(family)
+    return _unique(t.format(n) for t in TEMPLATES[family] for n in NOUNS[family][label])
+
+
+def scene_prompts(label: int, family: str) -> list[str]:
+    """The family's noun phrases of the class inside the family's scenes."""
+    label, _ = _check_label(label), _check_family(family)
+    return _unique(s.format(n) for s in SCENES[family] for n in NOUNS[family][label])
+
+
+def concept_prompts(label: int, family: str) -> dict[str, list[str]]:
+    """Every positive prompt of class ``label`` in ``family``, by kind (:data:`KINDS`)."""
+    return {
+        "nouns": noun_prompts(label, family),
+        "basic_forms": basic_forms(label, family),
+        "typos": typo_prompts(label, family),
+        "descriptions": list(DESCRIPTIONS[family][_check_label(label)]),
+        "scenes": scene_prompts(label, family),
+    }
+
+
+def near_miss_prompts(label: int, family: str) -> list[str]:
+    """Near misses of class ``label`` (not the class) alone and in the family's first templates."""
+    label, _ = _check_label(label), _check_family(family)
+    misses = NEAR_MISSES[family][label]
+    templates = TEMPLATES[family]
+    return _unique([*misses, *(templates[i % len(templates)].format(m) for i, m in enumerate(misses))])
+
+
+def class_name(label: int) -> str:
+    return CLASS_NAMES[_check_label(label)]
