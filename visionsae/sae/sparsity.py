@@ -45,6 +45,10 @@ class SparsityRule(nn.Module):
     # and keeps the chosen ones as they are (up to a ReLU): training may then choose from
     # a lower-precision matmul and compute the chosen values exactly (kernels.sparse_encode).
     rough_select: bool = False
+    # The SAE's tensors (state-dict keys) this rule sets by rule rather than by gradient (in
+    # select or after_step, from the batch); data-parallel training averages them across
+    # processes after every step so that every replica keeps the same state.
+    adaptive_state: tuple[str, ...] = ()
 
     def __init__(self, cfg) -> None:
         super().__init__()
@@ -140,6 +144,7 @@ class BatchTopK(SparsityRule):
     uses_k = True
     rough_select = True  # the threshold then tracks the choosing matmul's values
     momentum = 0.01
+    adaptive_state = ("rule.threshold",)
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
