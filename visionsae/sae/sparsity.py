@@ -49,6 +49,9 @@ class SparsityRule(nn.Module):
     # select or after_step, from the batch); data-parallel training averages them across
     # processes after every step so that every replica keeps the same state.
     adaptive_state: tuple[str, ...] = ()
+    # True where merge() of the choices made on chunks of latents is the choice over all of
+    # them (per-row rules): a large training step then chooses chunk by chunk (kernels).
+    exact_merge: bool = False
 
     def __init__(self, cfg) -> None:
         super().__init__()
@@ -106,6 +109,7 @@ class TopK(SparsityRule):
 
     uses_k = True
     rough_select = True
+    exact_merge = True
 
     def select(self, pre_acts):
         values, indices = row_topk(pre_acts, self.k)
@@ -122,6 +126,7 @@ class AbsTopK(SparsityRule):
 
     uses_k = True
     rough_select = True
+    exact_merge = True
 
     def select(self, pre_acts):
         _, indices = row_topk(pre_acts.abs(), self.k)
