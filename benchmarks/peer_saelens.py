@@ -25,7 +25,8 @@ import time
 import torch
 
 from benchmarks import current_rss_mb, write_json
-from benchmarks.train_throughput import SETTINGS, floors, planted_batches, rates, setting_dict
+from benchmarks.train_throughput import (SETTINGS, add_run_arguments, floors, planted_batches, rates, run_fields,
+                                         setting_dict)
 from visionsae.planted import PlantedConfig, PlantedData, recovery
 
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -122,25 +123,14 @@ def run(name: str, samples: int, seed: int = 0, setting: dict | None = None, sco
         "seconds": seconds,
         "samples_per_s": steps * s["batch"] / seconds,
         "step_ms": step_time * 1e3,
-        "matmul_gflops": measured["float32"] / 1e9,
-        "matmul_gflops_bf16": measured["bfloat16"] / 1e9,
-        **floor,
-        "fraction_of_floor_throughput": floor["floor_step_ms"] / 1e3 / step_time,
-        "fraction_of_floor_fp32": floor["floor_step_ms_fp32"] / 1e3 / step_time,
-        "fraction_of_floor_bf16": floor["floor_step_ms_bf16"] / 1e3 / step_time,
-        "peak_rss_mb": peak_rss,
-        "baseline_rss_mb": baseline_rss,
+        **run_fields(measured, floor, step_time, peak_rss, baseline_rss),
         **quality,
     }
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--setting", choices=sorted(SETTINGS), default="default")
-    parser.add_argument("--samples", type=int, default=1_024_000)
-    parser.add_argument("--n-latents", type=int, default=None, help="override the setting's n_latents")
-    parser.add_argument("--k", type=int, default=None, help="override the setting's k")
-    parser.add_argument("--no-quality", action="store_true", help="skip the held-out scoring (speed and memory only)")
+    add_run_arguments(parser, sorted(SETTINGS), "default")
     parser.add_argument("--check", action="store_true", help="only check the baseline's settings against the installed library")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)

@@ -32,7 +32,8 @@ import time
 import torch
 
 from benchmarks import current_rss_mb, write_json
-from benchmarks.train_throughput import SETTINGS, floors, planted_batches, rates, setting_dict
+from benchmarks.train_throughput import (SETTINGS, add_run_arguments, floors, planted_batches, rates, run_fields,
+                                         setting_dict)
 from visionsae.planted import PlantedConfig, PlantedData, recovery
 
 # sparsify's Triton decoder needs a GPU driver; on a CPU its own eager fallback is the
@@ -193,28 +194,17 @@ def run(name: str, samples: int, lr: float | None = None, optimizer: str | None 
         "samples_per_s": steps * s["batch"] / seconds,
         "step_ms": seconds / steps * 1e3,
         "first_step_ms": first_step * 1e3,
-        "matmul_gflops": measured["float32"] / 1e9,
-        "matmul_gflops_bf16": measured["bfloat16"] / 1e9,
-        **floor,
-        "fraction_of_floor_throughput": floor["floor_step_ms"] / 1e3 / step_time,
-        "fraction_of_floor_fp32": floor["floor_step_ms_fp32"] / 1e3 / step_time,
-        "fraction_of_floor_bf16": floor["floor_step_ms_bf16"] / 1e3 / step_time,
-        "peak_rss_mb": peak_rss,
-        "baseline_rss_mb": baseline_rss,
+        **run_fields(measured, floor, step_time, peak_rss, baseline_rss),
         **quality,
     }
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--setting", choices=sorted(SETTINGS), default="default")
-    parser.add_argument("--samples", type=int, default=1_024_000)
-    parser.add_argument("--n-latents", type=int, default=None, help="override the setting's n_latents")
-    parser.add_argument("--k", type=int, default=None, help="override the setting's k")
+    add_run_arguments(parser, sorted(SETTINGS), "default")
     parser.add_argument("--lr", type=float, default=None, help="override sparsify's learning rate")
     parser.add_argument("--optimizer", choices=["signum", "adam", "muon"], default=None,
                         help="override sparsify's optimizer (default: its own default)")
-    parser.add_argument("--no-quality", action="store_true", help="skip the held-out scoring (speed and memory only)")
     parser.add_argument("--check", action="store_true",
                         help="only check the baseline against the installed library (its defaults, its fit()) and print JSON")
     parser.add_argument("--out", default=None)

@@ -118,6 +118,30 @@ def planted_batches(cfg: PlantedConfig, batch: int, steps: int) -> list[torch.Te
     return [data.batch(i, batch) for i in range(steps)]
 
 
+def run_fields(measured: dict, floor: dict, step_time: float, peak_rss: float, baseline_rss: float) -> dict:
+    """The speed, floor and memory fields every training benchmark reports (ours and the peers')."""
+    return {
+        "matmul_gflops": measured["float32"] / 1e9,
+        "matmul_gflops_bf16": measured["bfloat16"] / 1e9,
+        **floor,
+        "step_over_floor": step_time / (floor["floor_step_ms"] / 1e3),
+        "fraction_of_floor_throughput": floor["floor_step_ms"] / 1e3 / step_time,
+        "fraction_of_floor_fp32": floor["floor_step_ms_fp32"] / 1e3 / step_time,
+        "fraction_of_floor_bf16": floor["floor_step_ms_bf16"] / 1e3 / step_time,
+        "peak_rss_mb": peak_rss,
+        "baseline_rss_mb": baseline_rss,
+    }
+
+
+def add_run_arguments(parser, setting_choices: list[str], setting_default: str) -> None:
+    """The flags every training benchmark takes: which setting, how many samples, size overrides."""
+    parser.add_argument("--setting", choices=setting_choices, default=setting_default)
+    parser.add_argument("--samples", type=int, default=1_024_000, help="training samples (default 1.024M)")
+    parser.add_argument("--n-latents", type=int, default=None, help="override the setting's n_latents")
+    parser.add_argument("--k", type=int, default=None, help="override the setting's k")
+    parser.add_argument("--no-quality", action="store_true", help="skip the held-out scoring (speed and memory only)")
+
+
 def run_setting(name: str, samples: int, seed: int = 0, setting: dict | None = None, score_quality: bool = True,
                 **train_overrides) -> dict:
     s = setting or SETTINGS[name]
@@ -153,26 +177,14 @@ def run_setting(name: str, samples: int, seed: int = 0, setting: dict | None = N
         "samples_per_s": steps * s["batch"] / seconds,
         "step_ms": step_time * 1e3,
         "first_window_fvu": first_window["fvu"],
-        "matmul_gflops": measured["float32"] / 1e9,
-        "matmul_gflops_bf16": measured["bfloat16"] / 1e9,
-        **floor,
-        "step_over_floor": step_time / (floor["floor_step_ms"] / 1e3),
-        "fraction_of_floor_throughput": floor["floor_step_ms"] / 1e3 / step_time,
-        "fraction_of_floor_fp32": floor["floor_step_ms_fp32"] / 1e3 / step_time,
-        "fraction_of_floor_bf16": floor["floor_step_ms_bf16"] / 1e3 / step_time,
-        "peak_rss_mb": peak_rss,
-        "baseline_rss_mb": baseline_rss,
+        **run_fields(measured, floor, step_time, peak_rss, baseline_rss),
         **quality,
     }
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--setting", choices=sorted(SETTINGS) + ["all"], default="all")
-    parser.add_argument("--samples", type=int, default=1_024_000, help="training samples per setting (default 1.024M)")
-    parser.add_argument("--n-latents", type=int, default=None, help="override the setting's n_latents")
-    parser.add_argument("--k", type=int, default=None, help="override the setting's k")
-    parser.add_argument("--no-quality", action="store_true", help="skip the held-out scoring (speed and memory only)")
+    add_run_arguments(parser, sorted(SETTINGS) + ["all"], "all")
     parser.add_argument("--out", default=None, help="JSON output file")
     args = parser.parse_args(argv)
     names = sorted(SETTINGS) if args.setting == "all" else [args.setting]
