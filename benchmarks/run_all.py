@@ -22,12 +22,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 PEERS = ROOT / ".venv-peers"
+PEER_PACKAGES = ["eai-sparsify==1.3.3", "sae-lens==6.54.12"]
 
 # name -> (environment, module, args, quick args)
 BENCHMARKS: dict[str, tuple[str, str, list[str], list[str]]] = {
     "train_throughput": ("project", "benchmarks.train_throughput", [], ["--setting", "default", "--samples", "204800"]),
     "peer_sparsify": ("peers", "benchmarks.peer_sparsify", [], ["--samples", "204800"]),
+    "peer_saelens": ("peers", "benchmarks.peer_saelens", [], ["--samples", "204800"]),
     "train_vs_sparsify": ("project", "benchmarks.train_vs_sparsify", [], ["--samples", "204800", "--repeats", "1"]),
+    "train_sweep": ("project", "benchmarks.train_sweep", [], ["--sizes", "4096,16384", "--steps", "5", "--repeats", "1"]),
     "extract_throughput": ("project", "benchmarks.extract_throughput", [], ["--prompts", "256", "--images", "16", "--repeats", "1"]),
     "store_read": ("project", "benchmarks.store_read", [], []),
     "audit_throughput": ("project", "benchmarks.audit_throughput", [], ["--images", "64", "--repeats", "1"]),
@@ -38,10 +41,18 @@ BENCHMARKS: dict[str, tuple[str, str, list[str], list[str]]] = {
 def peers_python() -> str:
     py = PEERS / "bin" / "python"
     if not py.exists():
-        print("creating .venv-peers (eai-sparsify) ...", flush=True)
+        print(f"creating .venv-peers ({', '.join(PEER_PACKAGES)}) ...", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(PEERS)], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "-c", str(ROOT / "constraints.txt"), "eai-sparsify==1.3.3"], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", "-c", str(ROOT / "constraints.txt"), *PEER_PACKAGES], check=True)
     return str(py)
+
+
+def check_peers(python: str) -> None:
+    """Check that the peer baselines run at the installed peers' own defaults (each module's
+    ``--check``); a failed check stops ``make bench`` before any peer figure is written."""
+    for module in ("benchmarks.peer_sparsify", "benchmarks.peer_saelens"):
+        subprocess.run([python, "-m", module, "--check"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 def main(argv=None) -> int:
@@ -50,6 +61,9 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller budgets (a smoke run)")
     args = parser.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if any(env == "peers" or module in ("benchmarks.train_vs_sparsify", "benchmarks.train_sweep")
+           for name, (env, module, _, _) in BENCHMARKS.items() if not args.only or name in args.only):
+        check_peers(peers_python())
     summary, failed = {}, []
     for name, (env, module, extra, quick) in BENCHMARKS.items():
         if args.only and name not in args.only:

@@ -14,6 +14,13 @@ a sparse decoder:
     floor FLOPs per step = 2*B*d*n        (encoder matmul)
                          + 2*B*k*d * 4    (sparse encoder backward, decoder forward/backward)
 
+The floor is given in the dtype the step computes in (``floor_step_ms``: the encoder matmul
+at the bf16 rate where the step chooses its latents in bf16, ``select_dtype`` auto on a CPU
+with native bf16; the sparse terms at the fp32 rate) and in both dtypes
+(``floor_step_ms_fp32``, ``floor_step_ms_bf16``). Rates are measured on the encoder's shape
+with at most 32768 latents (a 2^19-latent test matmul would itself take 3.6 GB).
+``baseline_rss_mb`` is the process's RSS before the SAE exists; ``peak_rss_mb`` its peak.
+
 Run: ``python -m benchmarks.train_throughput --out benchmarks/results/train_throughput.json``
 (``--setting default`` for one setting, ``--samples`` to change the budget).
 """
@@ -31,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import write_json
+from benchmarks import current_rss_mb, write_json
 from visionsae.eval.planted import score
 from visionsae.planted import PlantedConfig, PlantedData
 from visionsae.sae import SAEConfig
@@ -44,20 +51,53 @@ SETTINGS = {
 }
 
 
-def matmul_rate(batch: int, d: int, n: int, reps: int = 10) -> float:
-    """Dense fp32 FLOP/s of the encoder-shaped matmul on this machine, now."""
-    x, w, b = torch.randn(batch, d), torch.randn(n, d), torch.zeros(n)
-    torch.addmm(b, x, w.t())
+RATE_LATENTS = 32768
+
+
+def matmul_rate(batch: int, d: int, n: int, reps: int = 10, dtype: torch.dtype = torch.float32) -> float:
+    """Dense FLOP/s of the encoder-shaped matmul (at most RATE_LATENTS latents) in ``dtype`` on
+    this machine, now."""
+    n = min(n, RATE_LATENTS)
+    x, w, b = torch.randn(batch, d, dtype=dtype), torch.randn(n, d, dtype=dtype), torch.zeros(n, dtype=dtype)
+    out = torch.addmm(b, x, w.t())
     best = float("inf")
     for _ in range(reps):
         start = time.perf_counter()
-        torch.addmm(b, x, w.t())
+        torch.addmm(b, x, w.t(), out=out)
         best = min(best, time.perf_counter() - start)
     return 2 * batch * d * n / best
 
 
 def floor_flops(batch: int, d: int, n: int, k: int) -> float:
     return 2 * batch * d * n + 4 * 2 * batch * k * d
+
+
+def floor_seconds(batch: int, d: int, n: int, k: int, encoder_rate: float, sparse_rate: float) -> float:
+    """The floor's time with the encoder matmul at ``encoder_rate`` and the sparse terms at ``sparse_rate``."""
+    return 2 * batch * d * n / encoder_rate + 4 * 2 * batch * k * d / sparse_rate
+
+
+def rates(batch: int, d: int, n: int) -> dict[str, float]:
+    return {"float32": matmul_rate(batch, d, n), "bfloat16": matmul_rate(batch, d, n, dtype=torch.bfloat16)}
+
+
+def floors(batch: int, d: int, n: int, k: int, measured: dict[str, float], step_dtype: str) -> dict[str, float]:
+    """Floor step times (ms) in fp32, bf16 (encoder matmul in bf16) and the step's own dtype."""
+    fp32 = floor_seconds(batch, d, n, k, measured["float32"], measured["float32"])
+    bf16 = floor_seconds(batch, d, n, k, measured["bfloat16"], measured["float32"])
+    return {"floor_step_ms_fp32": fp32 * 1e3, "floor_step_ms_bf16": bf16 * 1e3,
+            "floor_step_ms": (bf16 if step_dtype == "bfloat16" else fp32) * 1e3, "step_dtype": step_dtype}
+
+
+def setting_dict(name: str, n_latents: int | None = None, k: int | None = None) -> dict:
+    """SETTINGS[name] with n_latents / k replaced where given (planted features: n_latents / 4)."""
+    s = dict(SETTINGS[name])
+    if n_latents is not None:
+        s["n_latents"] = n_latents
+        s["n_true"] = min(s["n_true"], max(64, n_latents // 4))
+    if k is not None:
+        s["k"] = k
+    return s
 
 
 def loop_seconds(metrics: Path, batch: int) -> float:
@@ -78,23 +118,55 @@ def planted_batches(cfg: PlantedConfig, batch: int, steps: int) -> list[torch.Te
     return [data.batch(i, batch) for i in range(steps)]
 
 
-def run_setting(name: str, samples: int, seed: int = 0, **train_overrides) -> dict:
-    s = SETTINGS[name]
+def run_fields(measured: dict, floor: dict, step_time: float, peak_rss: float, baseline_rss: float) -> dict:
+    """The speed, floor and memory fields every training benchmark reports (ours and the peers')."""
+    return {
+        "matmul_gflops": measured["float32"] / 1e9,
+        "matmul_gflops_bf16": measured["bfloat16"] / 1e9,
+        **floor,
+        "step_over_floor": step_time / (floor["floor_step_ms"] / 1e3),
+        "fraction_of_floor_throughput": floor["floor_step_ms"] / 1e3 / step_time,
+        "fraction_of_floor_fp32": floor["floor_step_ms_fp32"] / 1e3 / step_time,
+        "fraction_of_floor_bf16": floor["floor_step_ms_bf16"] / 1e3 / step_time,
+        "peak_rss_mb": peak_rss,
+        "baseline_rss_mb": baseline_rss,
+    }
+
+
+def add_run_arguments(parser, setting_choices: list[str], setting_default: str) -> None:
+    """The flags every training benchmark takes: which setting, how many samples, size overrides."""
+    parser.add_argument("--setting", choices=setting_choices, default=setting_default)
+    parser.add_argument("--samples", type=int, default=1_024_000, help="training samples (default 1.024M)")
+    parser.add_argument("--n-latents", type=int, default=None, help="override the setting's n_latents")
+    parser.add_argument("--k", type=int, default=None, help="override the setting's k")
+    parser.add_argument("--no-quality", action="store_true", help="skip the held-out scoring (speed and memory only)")
+
+
+def run_setting(name: str, samples: int, seed: int = 0, setting: dict | None = None, score_quality: bool = True,
+                **train_overrides) -> dict:
+    s = setting or SETTINGS[name]
     planted = PlantedConfig(d_in=s["d_in"], n_true=s["n_true"], mean_active=s["mean_active"], seed=seed)
     steps = samples // s["batch"]
     batches = planted_batches(planted, s["batch"], steps)
     sae_cfg = SAEConfig(d_in=s["d_in"], n_latents=s["n_latents"], k=s["k"])
-    rate = matmul_rate(s["batch"], s["d_in"], s["n_latents"])
+    measured = rates(s["batch"], s["d_in"], s["n_latents"])
+    baseline_rss = current_rss_mb()
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = TrainConfig(out_dir=tmp, total_samples=steps * s["batch"], seed=seed, progress=False, checkpoint_every=0, log_every=100, **train_overrides)
+        cfg = TrainConfig(out_dir=tmp, total_samples=steps * s["batch"], seed=seed, progress=False, checkpoint_every=0,
+                          log_every=min(100, max(1, steps // 2)), **train_overrides)
         start = time.perf_counter()
         sae = train_sae(sae_cfg, cfg, iter(batches))
         wall = time.perf_counter() - start
         seconds = loop_seconds(Path(tmp) / "metrics.jsonl", s["batch"])
-    rate_after = matmul_rate(s["batch"], s["d_in"], s["n_latents"])
+        first_window = json.loads((Path(tmp) / "metrics.jsonl").read_text().splitlines()[0])
+        step_dtype = json.loads((Path(tmp) / "train_cfg.json").read_text())["resolved"]["select_dtype"]
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    del batches
+    after = rates(s["batch"], s["d_in"], s["n_latents"])
+    measured = {k: max(v, after[k]) for k, v in measured.items()}
     step_time = seconds / steps
-    floor_time = floor_flops(s["batch"], s["d_in"], s["n_latents"], s["k"]) / max(rate, rate_after)
-    quality = score(sae, PlantedData(planted))
+    floor = floors(s["batch"], s["d_in"], s["n_latents"], s["k"], measured, step_dtype)
+    quality = score(sae, PlantedData(planted)) if score_quality else {}
     return {
         "setting": name,
         **s,
@@ -104,25 +176,22 @@ def run_setting(name: str, samples: int, seed: int = 0, **train_overrides) -> di
         "wall_samples_per_s": steps * s["batch"] / wall,
         "samples_per_s": steps * s["batch"] / seconds,
         "step_ms": step_time * 1e3,
-        "matmul_gflops": max(rate, rate_after) / 1e9,
-        "floor_step_ms": floor_time * 1e3,
-        "step_over_floor": step_time / floor_time,
-        "fraction_of_floor_throughput": floor_time / step_time,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "first_window_fvu": first_window["fvu"],
+        **run_fields(measured, floor, step_time, peak_rss, baseline_rss),
         **quality,
     }
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--setting", choices=sorted(SETTINGS) + ["all"], default="all")
-    parser.add_argument("--samples", type=int, default=1_024_000, help="training samples per setting (default 1.024M)")
+    add_run_arguments(parser, sorted(SETTINGS) + ["all"], "all")
     parser.add_argument("--out", default=None, help="JSON output file")
     args = parser.parse_args(argv)
     names = sorted(SETTINGS) if args.setting == "all" else [args.setting]
     results = []
     for name in names:
-        res = run_setting(name, args.samples)
+        res = run_setting(name, args.samples, setting=setting_dict(name, args.n_latents, args.k),
+                          score_quality=not args.no_quality)
         print(json.dumps(res), flush=True)
         results.append(res)
     report = {

@@ -327,3 +327,24 @@ def test_shards_stay_mapped_between_passes_within_the_budget(tmp_path, monkeypat
     before = len(mapped)
     list(store.batches(16, seed=2, buffer_shards=2))
     assert len(mapped) - before == 5 and len(store._mapped) == 0
+
+
+def test_sequential_reading_keeps_sequences_whole_and_in_order(tmp_path):
+    """FAST's reader: every row (CLS included), in store order across shards, consecutive
+    rows per batch; each looping pass starts again at the first row (its tail dropped);
+    with ranks, each process its own shards, in order."""
+    _write(tmp_path)  # 40 inputs of 3 tokens (CLS + 2 patches) in 5 shards of 24 rows
+    store = ActivationStore.open(tmp_path)
+    rows = _all_rows(store)
+    got = list(store.batches(50, sequential=True, seed=3))  # the seed shuffles nothing here
+    assert torch.equal(torch.cat(got), rows.acts) and [len(b) for b in got] == [50, 50, 20]
+    assert int((rows.kind == TokenKind.CLS).sum()) == 40  # the special tokens are among them
+    looped = store.batches(50, sequential=True, loop=True)
+    passes = [next(looped) for _ in range(6)]  # two passes of the two full batches... and a third's start
+    for i, b in enumerate(passes):
+        start = (i % 2) * 50
+        assert torch.equal(b, rows.acts[start : start + 50]), i
+    r0 = torch.cat(list(store.batches(8, sequential=True, rank=0, world_size=2)))
+    r1 = torch.cat(list(store.batches(8, sequential=True, rank=1, world_size=2)))
+    shards = [store.read_shard(i).acts for i in range(store.num_shards)]
+    assert torch.equal(r0, torch.cat(shards[0::2])) and torch.equal(r1, torch.cat(shards[1::2]))

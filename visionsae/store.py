@@ -872,6 +872,7 @@ class ActivationStore:
         rank: int = 0,
         world_size: int = 1,
         verify: bool = True,
+        sequential: bool = False,
     ) -> Iterator[torch.Tensor]:
         """Yield activation rows as float tensors ``[batch_size, d_in]``.
 
@@ -906,11 +907,23 @@ class ActivationStore:
             run across passes).
         rank, world_size:
             Read only every ``world_size``-th shard of each pass's order, starting at
-            ``rank`` (data-parallel training reads disjoint shards per process).
+            ``rank`` (data-parallel training reads disjoint shards per process: with as many
+            rows in every shard and a shard count divisible by ``world_size``, each process
+            reads an equal share).
         verify:
             Check each shard's CRC-32 the first time this reader maps it; a corrupted shard
             raises :class:`CorruptShardError` (naming it) before any of its rows is served.
+        sequential:
+            FAST-style reading (Li et al. 2025, "Training Superior Sparse Autoencoders for
+            Instruct Models"): whole sequences in their order, each one's tokens in position
+            order, every token kind the store holds (special tokens included) unless ``kinds``
+            says otherwise. Rows come in store order (``shuffle`` is not applied); a batch is
+            ``batch_size`` consecutive rows, so a sequence may run on into the next batch; with
+            ``loop`` every pass starts again at the first row (the last partial batch of each
+            pass is dropped), so every pass yields the same batches.
         """
+        if sequential:
+            shuffle = False
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if buffer_shards < 1:
@@ -979,6 +992,7 @@ class ActivationStore:
                     rows_this_pass = 0
                     if not loop and carry is not None and not drop_last:
                         yield carry
+                    if not loop or sequential:  # a sequential pass starts at its first row
                         carry = None
                     continue
                 if pending is None:

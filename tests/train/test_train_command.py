@@ -81,3 +81,40 @@ def test_kill_9_then_resume_gives_the_uninterrupted_run(tmp_path, capsys):
         return [{k: v for k, v in json.loads(l).items() if k != "samples_per_s"} for l in (run / "metrics.jsonl").read_text().splitlines()]
 
     assert lines(killed) == lines(whole)
+
+
+def test_sequential_training_reads_the_store_in_order(tmp_path, capsys):
+    """`visionsae train --sequential` trains on the store's sequential batches (FAST): the
+    same SAE as the Python API given `store.batches(sequential=True, loop=True)`."""
+    import torch
+
+    from visionsae.cli import main
+    from visionsae.planted import PlantedConfig, PlantedData
+    from visionsae.sae import SAEConfig
+    from visionsae.store import ActivationBatch, ActivationStore, ShardWriter
+    from visionsae.train import TrainConfig, train_sae
+
+    data = PlantedData(PlantedConfig(d_in=16, n_true=32, mean_active=2))
+    writer = ShardWriter(tmp_path / "store", source={"planted": True}, hook="h", num_inputs=60, shard_rows=200)
+    for i in range(0, 60, 10):  # 60 sequences of 10 tokens (a START, then TEXT)
+        kinds = torch.tensor([3] + [4] * 9, dtype=torch.uint8).repeat(10)
+        writer.add(ActivationBatch(data.batch(i, 100), torch.arange(i, i + 10).repeat_interleave(10),
+                                   torch.arange(10, dtype=torch.int32).repeat(10), kinds), i + 10)
+    writer.close()
+    args = ["train", "--store", str(tmp_path / "store"), "--n-latents", "32", "--k", "2", "--batch-size", "64",
+            "--total-samples", str(64 * 12), "--no-progress", "--checkpoint-every", "0", "--select-dtype", "same"]
+    assert main([*args, "--sequential", "--out-dir", str(tmp_path / "seq")]) == 0
+    cli = SparseAutoencoder.from_pretrained(tmp_path / "seq" / "sae")
+    assert cli.cfg.extra["order"] == "sequential"
+    store = ActivationStore.open(tmp_path / "store")
+    cfg = TrainConfig(out_dir=str(tmp_path / "api"), total_samples=64 * 12, progress=False, checkpoint_every=0, select_dtype="same")
+    api = train_sae(SAEConfig(d_in=16, n_latents=32, k=2), cfg, store.batches(64, sequential=True, loop=True))
+    api.fold_input_scale()
+    assert all(torch.equal(cli.state_dict()[k], v) for k, v in api.state_dict().items())
+    assert main([*args, "--out-dir", str(tmp_path / "shuffled")]) == 0
+    shuffled = SparseAutoencoder.from_pretrained(tmp_path / "shuffled" / "sae")
+    assert not torch.equal(shuffled.W_dec, cli.W_dec)
+    capsys.readouterr()
+    assert main(["train", "--planted", "--sequential", "--n-latents", "16", "--out-dir", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("visionsae: error:") and "--sequential" in err and "--store" in err

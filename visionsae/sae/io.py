@@ -92,13 +92,13 @@ def save_sae(sae: SparseAutoencoder, path: str | Path, fold_input_scale: bool = 
     the saved copy, so the files read raw activations; the module itself is unchanged.
     """
     path = Path(path)
-    state = {k: v.detach().clone() for k, v in sae.state_dict().items()}
-    if fold_input_scale:
+    state = {k: v.detach() for k, v in sae.state_dict().items()}
+    if fold_input_scale and float(state["input_scale"]) != 1.0:  # new tensors; nothing copied otherwise
         s = float(state["input_scale"])
-        state["W_enc"] *= s
-        state["W_dec"] /= s
-        state["b_dec"] /= s
-        state["input_scale"].fill_(1.0)
+        state["W_enc"] = state["W_enc"] * s
+        state["W_dec"] = state["W_dec"] / s
+        state["b_dec"] = state["b_dec"] / s
+        state["input_scale"] = torch.ones_like(state["input_scale"])
     for name, tensor in state.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all() and name != "rule.threshold":
             raise UsageError(f"refusing to save an SAE whose tensor {name!r} holds NaN or Inf")

@@ -163,14 +163,55 @@ def _rows_weighted_sum(indices: torch.Tensor, weights: torch.Tensor, table: torc
     return F.embedding_bag(indices, table, per_sample_weights=weights.to(table.dtype), mode="sum")
 
 
+# Above this many pre-activations a training step chooses its latents chunk by chunk of
+# latents (for rules whose choice merges exactly): a 2^19-latent SAE at batch 1024 would
+# otherwise hold a 1 GB bf16 (2 GB fp32) pre-activation matrix and a 0.8 GB bf16 weight copy.
+CHUNKED_SELECT_ABOVE = 1 << 26
+
+
+def _chunked_select(x, weight, bias, select: Selector, merge, dtype, scratch: "Scratch | None"):
+    """The choice of ``select`` over all latents, made on chunks of latents (each chunk's
+    candidates, then ``merge``): only one chunk's pre-activations (and, in ``dtype``, one
+    chunk of the weight) exist at a time. Exact for rules whose ``merge`` of the chunks'
+    choices is the choice over all of them (TopK, AbsTopK)."""
+    n, batch = weight.shape[0], x.shape[0]
+    chunk = min(n, max(1, CHUNKED_SELECT_ABOVE // max(1, batch)))
+    xc = x.to(dtype)
+    if scratch is not None:  # one chunk's buffers, kept between steps (see Scratch)
+        pre_buf = scratch.get("pre_acts", (batch * chunk,), dtype, x.device)
+        w_buf = scratch.get("weight", (chunk, weight.shape[1]), dtype, weight.device) if dtype != weight.dtype else None
+    values, indices = [], []
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        w = weight[start:stop]
+        if dtype != weight.dtype:
+            w = w_buf[: stop - start].copy_(w) if scratch is not None else w.to(dtype)
+        b = bias[start:stop].to(dtype)
+        if scratch is not None:
+            pre = torch.addmm(b, xc, w.t(), out=pre_buf[: batch * (stop - start)].view(batch, stop - start))
+        else:
+            pre = torch.addmm(b, xc, w.t())
+        v, i = select(pre)  # new tensors: nothing read from the buffers outlives this chunk
+        values.append(v)
+        indices.append(i + start)
+    return merge(torch.cat(values, -1), torch.cat(indices, -1))
+
+
 class _SparseEncode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, select: Selector, select_dtype, bags, center, scratch):
+    def forward(ctx, x, weight, bias, select: Selector, select_dtype, bags, center, scratch, merge):
         # x: [B, d_in]; weight: [n_latents, d_in]; bias: [n_latents]; center: [d_in] or None
         bags = bags or LatentBags()  # one sort of the indices for the exact values and the backward
         if center is not None:
             x = x - center
-        if select_dtype is None or select_dtype == x.dtype:
+        chunked = merge is not None and x.shape[0] * weight.shape[0] > CHUNKED_SELECT_ABOVE
+        if chunked:
+            # choose chunk by chunk (in select_dtype if given), then the chosen values exactly
+            rough_values, indices = _chunked_select(x, weight, bias, select, merge, select_dtype or x.dtype, scratch)
+            exact = _sampled_dots(indices, x, weight, bags) + bias[indices]
+            kept = (rough_values != 0) & (torch.sign(exact) == torch.sign(rough_values.to(exact.dtype)))
+            values = exact * kept
+        elif select_dtype is None or select_dtype == x.dtype:
             pre_acts = torch.addmm(bias, x, weight.t())  # [B, n_latents]
             values, indices = select(pre_acts)  # [B, k] each; values are 0 where dropped
         else:
@@ -214,7 +255,7 @@ class _SparseEncode(torch.autograd.Function):
             # d/d center of sum_b <g_b, W (x_b - center)> = -(sum over rows of g) @ W: one
             # [n] x [n, d] product instead of the [B, d] input gradient summed over rows
             grad_center = -(per_latent.to(weight.dtype) @ weight)
-        return grad_x, grad_weight, grad_bias, None, None, None, grad_center, None
+        return grad_x, grad_weight, grad_bias, None, None, None, grad_center, None, None
 
 
 class _SparseDecode(torch.autograd.Function):
@@ -239,7 +280,7 @@ class _SparseDecode(torch.autograd.Function):
 
 def sparse_encode(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, select: Selector,
                   select_dtype: torch.dtype | None = None, bags: LatentBags | None = None,
-                  center: torch.Tensor | None = None, scratch: Scratch | None = None):
+                  center: torch.Tensor | None = None, scratch: Scratch | None = None, merge=None):
     """Dense encoder matmul, then ``select`` (a TopK-family rule); sparse backward.
 
     With ``select_dtype`` (e.g. bfloat16) the dense matmul that only *chooses* the latents
@@ -248,9 +289,12 @@ def sparse_encode(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, sel
     pre-activations are within the cheap precision of the k-th largest. ``bags``: see
     :class:`LatentBags`. With ``center`` the encoder reads ``x - center``; when ``x`` needs
     no gradient (training data), the centre's gradient then costs one matrix-vector product.
-    ``scratch``: see :class:`Scratch` (used with ``select_dtype``).
+    ``scratch``: see :class:`Scratch` (used with ``select_dtype``). ``merge`` (the rule's
+    exact merge of chunks' choices, or None) lets a large step choose chunk by chunk of latents
+    (above ``CHUNKED_SELECT_ABOVE`` pre-activations); the chosen values are then computed
+    exactly as with ``select_dtype``.
     """
-    return _SparseEncode.apply(x, weight, bias, select, select_dtype, bags, center, scratch)
+    return _SparseEncode.apply(x, weight, bias, select, select_dtype, bags, center, scratch, merge)
 
 
 def sparse_decode(values: torch.Tensor, indices: torch.Tensor, weight: torch.Tensor,

@@ -187,8 +187,9 @@ class SparseAutoencoder(nn.Module):
         if rule.sparse:
             cheap = self.select_dtype if getattr(rule, "rough_select", False) and torch.is_grad_enabled() else None
             bags = LatentBags()  # the sampled dots and weight gradients share one sort of the indices
+            merge = rule.merge if getattr(rule, "exact_merge", False) and torch.is_grad_enabled() else None
             values, indices = sparse_encode(xs, self.W_enc, self.b_enc, rule.select, cheap, bags, center=self.b_dec,
-                                            scratch=self._scratch)
+                                            scratch=self._scratch, merge=merge)
             xs_hat = sparse_decode(values, indices, self.W_dec, bags) + self.b_dec
             code = SparseCode(values, indices)
             sparsity_loss = rule.penalty(None, None)

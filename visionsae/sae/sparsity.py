@@ -45,6 +45,13 @@ class SparsityRule(nn.Module):
     # and keeps the chosen ones as they are (up to a ReLU): training may then choose from
     # a lower-precision matmul and compute the chosen values exactly (kernels.sparse_encode).
     rough_select: bool = False
+    # The SAE's tensors (state-dict keys) this rule sets by rule rather than by gradient (in
+    # select or after_step, from the batch); data-parallel training averages them across
+    # processes after every step so that every replica keeps the same state.
+    adaptive_state: tuple[str, ...] = ()
+    # True where merge() of the choices made on chunks of latents is the choice over all of
+    # them (per-row rules): a large training step then chooses chunk by chunk (kernels).
+    exact_merge: bool = False
 
     def __init__(self, cfg) -> None:
         super().__init__()
@@ -102,6 +109,7 @@ class TopK(SparsityRule):
 
     uses_k = True
     rough_select = True
+    exact_merge = True
 
     def select(self, pre_acts):
         values, indices = row_topk(pre_acts, self.k)
@@ -118,6 +126,7 @@ class AbsTopK(SparsityRule):
 
     uses_k = True
     rough_select = True
+    exact_merge = True
 
     def select(self, pre_acts):
         _, indices = row_topk(pre_acts.abs(), self.k)
@@ -140,6 +149,7 @@ class BatchTopK(SparsityRule):
     uses_k = True
     rough_select = True  # the threshold then tracks the choosing matmul's values
     momentum = 0.01
+    adaptive_state = ("rule.threshold",)
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)

@@ -196,6 +196,7 @@ class FeatureChoice(SparsityRule):
     # Faster than BatchTopK's 0.01: each latent's threshold follows one noisy m-th value
     # per batch, and must forget the untrained first batches within a few dozen steps.
     momentum = 0.05
+    adaptive_state = ("rule.threshold",)
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
@@ -241,6 +242,8 @@ class MutualChoice(_AuxZipf, BatchTopK):
     the budget freely (the allocation of BatchTopK, with its inference threshold), trained
     with aux_zipf so that latents below a Zipf-shaped usage are pulled back into use."""
 
+    adaptive_state = ("rule.threshold", "rule.usage")
+
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
         self._init_zipf(cfg)
@@ -264,6 +267,7 @@ class GroupBiasAdaptation(SparsityRule):
 
     sparse = False
     learns_encoder_bias = False
+    adaptive_state = ("b_enc",)
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)

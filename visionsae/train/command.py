@@ -1,7 +1,8 @@
 """``visionsae train``: train an SAE on a stored activation set (or planted data).
 
 Every SAEConfig and TrainConfig field is a flag; ``--resume`` continues a killed run from
-``OUT_DIR/checkpoint.safetensors``.
+``OUT_DIR/checkpoint.safetensors``. Under ``accelerate launch`` / ``torchrun`` each process
+reads its own shards of the store (``ActivationStore.batches(rank=, world_size=)``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--batch-size", type=int, default=1024, help="rows per training step (default: 1024)")
     data.add_argument("--kinds", default=None, help="only these token kinds from the store, e.g. 'patch' or 'patch,cls'")
     data.add_argument("--d-in", type=int, default=None, help="input width; read from the store when omitted")
+    data.add_argument("--sequential", action="store_true",
+                      help="FAST: read the store's sequences whole and in order, every token kind (special tokens "
+                           "included) unless --kinds says otherwise, instead of shuffled rows")
     add_dataclass_arguments(parser, SAEConfig, skip=("d_in", "extra"), title="SAE")
     add_dataclass_arguments(parser, TrainConfig, title="training")
 
@@ -53,17 +57,23 @@ def run(args: argparse.Namespace) -> int:
         sae_cfg = dataclass_from_args(
             SAEConfig, args, d_in=store.d_in,
             hook=args.hook or store.hook, model=args.model or store.source.get("model"),
-            extra={"store": str(args.store), "kinds": kinds},
+            extra={"store": str(args.store), "kinds": kinds, "order": "sequential" if args.sequential else "shuffled"},
         )
-        batches = store.batches(args.batch_size, seed=train_cfg.seed, shuffle=True, loop=True, kinds=kinds)
+
+        def batches(rank: int, world_size: int):  # each process its own shards
+            return store.batches(args.batch_size, seed=train_cfg.seed, shuffle=True, loop=True, kinds=kinds,
+                                 sequential=args.sequential, rank=rank, world_size=world_size)
     else:
+        if args.sequential:
+            raise CLIError("--sequential reads a store's sequences in order; it needs --store")
         from ..planted import PlantedConfig, PlantedData
 
         planted = PlantedConfig(d_in=PlantedConfig.d_in if args.d_in is None else args.d_in, seed=train_cfg.seed)
         sae_cfg = dataclass_from_args(SAEConfig, args, d_in=planted.d_in, extra={"planted": planted.to_dict()})
         batches = PlantedData(planted).batches(args.batch_size)
+    trainer = Trainer(sae_cfg, train_cfg)
     try:
-        sae = Trainer(sae_cfg, train_cfg).fit(batches)
+        sae = trainer.fit(batches)
     except NonFiniteBatchError as exc:
         if store is None:
             raise
@@ -77,5 +87,6 @@ def run(args: argparse.Namespace) -> int:
             f"{f' and {more} more' if more else ''}; training stopped at step {exc.step}, before any update from them "
             "(re-extract those inputs, or train on another store)"
         ) from None
-    print(json.dumps({"sae": f"{train_cfg.out_dir}/sae", "d_in": sae.cfg.d_in, "n_latents": sae.cfg.n_latents, "sparsity": sae.cfg.sparsity}))
+    if trainer.accelerator.is_main_process:
+        print(json.dumps({"sae": f"{train_cfg.out_dir}/sae", "d_in": sae.cfg.d_in, "n_latents": sae.cfg.n_latents, "sparsity": sae.cfg.sparsity}))
     return 0

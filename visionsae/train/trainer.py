@@ -1,7 +1,11 @@
 """The trainer: any iterator of activation batches in, a trained SAE out.
 
-Runs on one process or data-parallel on several (``accelerate launch``); each process
-takes every ``world``-th batch of the same stream. Writes ``metrics.jsonl`` and an atomic
+Runs on one process or data-parallel on several (``accelerate launch`` / ``torchrun``).
+Given a function ``(rank, world_size) -> batches``, each process trains on its own part of
+the data (``ActivationStore.batches(rank=, world_size=)`` reads disjoint shards); given one
+stream, every process reads all of it and takes every ``world``-th batch. Gradients are
+averaged by DDP, and everything else that adapts is reduced across processes
+(:mod:`visionsae.train.distributed`), so the replicas agree bit for bit. Writes ``metrics.jsonl`` and an atomic
 ``checkpoint.safetensors`` (weights, Adam state, dead-latent counters, position in the
 stream) that ``resume`` continues from; the final SAE goes to ``out_dir/sae``.
 """
@@ -15,7 +19,7 @@ import shutil
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Union
 
 import torch
 from safetensors import SafetensorError
@@ -28,11 +32,15 @@ from ..sae import SAEConfig, SparseAutoencoder
 from ..sae.config import FORMAT_VERSION
 from ..sae.io import atomic_save_tensors, atomic_write_bytes
 from .config import RESUME_FREE, TrainConfig, lr_factor
+from .distributed import Collectives, adaptive_tensors
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
+Batches = Union[Iterable[torch.Tensor], Callable[[int, int], Iterable[torch.Tensor]]]
+"""An iterable of ``[B, d_in]`` batches, or a function ``(rank, world_size)`` giving the
+iterable of one process's own part of the data."""
 METRICS_NAME = "metrics.jsonl"
 TRAIN_CFG_NAME = "train_cfg.json"
 SAE_DIR_NAME = "sae"
@@ -239,13 +247,22 @@ class Trainer:
             atomic_write_bytes(file, "".join(kept).encode())
 
     # ------------------------------------------------------------------- train
-    def fit(self, batches: Iterable[torch.Tensor]) -> SparseAutoencoder:
+    def fit(self, batches: Batches) -> SparseAutoencoder:
+        """Train on ``batches``: an iterable of ``[B, d_in]`` tensors, or a function
+        ``(rank, world_size) -> iterable`` giving this process's own part of the data (one
+        process: ``batches(0, 1)``). Returns the trained SAE (on every process) in eval mode,
+        its input scale folded into the weights as in the saved files."""
         cfg, acc = self.cfg, self.accelerator
         rank, world = acc.process_index, acc.num_processes
         if acc.is_main_process:
             self._check_out_dir()  # before any work: a bad out_dir fails now, not after training
-        stream: Iterator = iter(batches)
+        sharded = callable(batches) and not hasattr(batches, "__iter__")
+        sync = Collectives(world)
+        stream: Iterator = iter(batches(rank, world) if sharded else batches)
         first = next(stream, None)
+        if sharded and not sync.all_true(first is not None):
+            raise ValueError(f"no activation batches for {'rank ' + str(rank) if first is None else 'another rank'}"
+                             f" of {world}: the data is empty")
         if first is None:
             raise UsageError("no activation batches: the data is empty")
         first = self._check_batch(first, 0)
@@ -253,7 +270,9 @@ class Trainer:
         keep_freed_memory()  # else each step's fresh gradients and temporaries are page-faulted in again
         torch.manual_seed(cfg.seed)
         sae = SparseAutoencoder(self.sae_cfg, device=acc.device)
-        sae.init_from_data_(first, cfg.b_dec_init)
+        # Each process's first batch is its own: the SAE starts from all of them (the same
+        # scale, b_dec and, for RA-SAE, candidates on every process).
+        sae.init_from_data_(sync.gather_rows(first) if sharded else first, cfg.b_dec_init)
         lr = cfg.learning_rate(self.sae_cfg.n_latents, first.shape[0] * world)
         sae.select_dtype = cfg.select_torch_dtype(sae.W_enc.dtype, sae.W_enc.device)
         opt = _make_optimizer(list(sae.parameters()), lr, cfg)
@@ -265,8 +284,9 @@ class Trainer:
         elif cfg.overwrite and acc.is_main_process:
             self._clear_earlier_run()
         stream = itertools.chain([first], stream)
-        # Skip what the checkpoint already consumed; each process takes every world-th batch.
-        stream = itertools.islice(stream, step * world + rank, None, world)
+        # Skip what the checkpoint already consumed; on one shared stream each process takes
+        # every world-th batch.
+        stream = itertools.islice(stream, step, None) if sharded else itertools.islice(stream, step * world + rank, None, world)
 
         model, opt = acc.prepare(sae, opt)
         batch_size = first.shape[0]
@@ -286,6 +306,10 @@ class Trainer:
 
         def log_window() -> None:
             nonlocal window, t_window
+            if world > 1:  # the metrics of all processes' batches, not only rank 0's
+                names = sorted(k for k in window if k != "n")
+                means = sync.sum(torch.tensor([window[k] for k in names], dtype=torch.float64)) / world
+                window.update({k: float(v) for k, v in zip(names, means)})
             n = window["n"]
             now = time.perf_counter()
             record = {
@@ -309,6 +333,9 @@ class Trainer:
         ran_out = False
         while step < total_steps:
             raw = next(stream, None)
+            if sharded and not sync.all_true(raw is not None):  # every process stops at the same step
+                ran_out = True
+                break
             if raw is None:
                 ran_out = True
                 break
@@ -340,12 +367,18 @@ class Trainer:
             sae.normalize_decoder_()
             with torch.no_grad():
                 sae.rule.after_step(sae, out)
+                # thresholds, usage, adapted biases: one value on every process (looked up each step:
+                # DDP's buffer broadcast may leave new tensors in the module)
+                sync.mean_state_(adaptive_tensors(sae))
 
             with torch.no_grad():
                 fired = fired_latents(out.code, last_fired.shape[0])
-                if world > 1:
-                    fired = acc.reduce(fired.long(), reduction="sum") > 0
-                samples += batch.shape[0] * world
+                if world > 1:  # which latents fired anywhere, and the rows all processes took
+                    counts = sync.sum(torch.cat([fired.long(), torch.tensor([batch.shape[0]], device=fired.device)]))
+                    fired, rows = counts[:-1] > 0, int(counts[-1])
+                else:
+                    rows = batch.shape[0]
+                samples += rows
                 last_fired.masked_fill_(fired, samples)
             step += 1
             window["fvu"] += float(out.fvu.detach())
@@ -378,6 +411,11 @@ class Trainer:
         sae.select_dtype = None  # the returned SAE chooses exactly unless a trainer says otherwise
         if acc.is_main_process:
             self._save_checkpoint(sae, opt, last_fired, step, samples, batch_size * world)
+        opt.zero_grad(set_to_none=True)
+        # The input scale folded into the weights in place, as save_pretrained would fold a
+        # copy: a 2^19-latent SAE's copy is 3.2 GB more at the end of a run.
+        sae.fold_input_scale()
+        if acc.is_main_process:
             sae.save_pretrained(self.out_dir / SAE_DIR_NAME)
             # the settings as given, and what "None"/"auto" resolved to in this run
             resolved = {"lr": lr, "select_dtype": str(chosen_in or sae.W_enc.dtype).removeprefix("torch."), "batch_rows": batch_size * world,
@@ -414,6 +452,6 @@ def _clip_grad_norm(acc: Accelerator, sae: SparseAutoencoder, max_norm: float) -
             g.mul_(max_norm / (total + 1e-6))
 
 
-def train_sae(sae_cfg: SAEConfig, cfg: TrainConfig, batches: Iterable[torch.Tensor]) -> SparseAutoencoder:
+def train_sae(sae_cfg: SAEConfig, cfg: TrainConfig, batches: Batches) -> SparseAutoencoder:
     """Train and return an SAE (see :class:`Trainer`)."""
     return Trainer(sae_cfg, cfg).fit(batches)
