@@ -45,5 +45,9 @@ app:
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all
 
+# SAELens and sparsify load our exports and encode as we do (in .venv-peers, made on first use)
+interop: $(STAMP)
+	$(BIN)/python -m benchmarks.run_all --only interop
+
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
