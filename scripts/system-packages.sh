@@ -5,7 +5,8 @@
 #   demo  python3-venv, when PYTHON is given (the venv is still to be made) and cannot make a
 #         venv (Debian splits ensurepip out of python3)
 #   app   + dataset-fashion-mnist (the VQA tab's test images)
-#   test  + chromium (the web demo's browser tests), wordnet-base (WordNet 3.0 database
+#   test  + chromium and libatomic1 (the web demo's browser tests: Playwright's bundled node
+#         driver links libatomic, which a minimal Debian lacks), wordnet-base (WordNet 3.0 database
 #         files under /usr/share/wordnet: synonyms for the adversarial-prompt attacks)
 #
 # As root with apt-get, the missing ones are installed (apt-get update first); otherwise one
@@ -31,6 +32,11 @@ case $target in
         need dataset-fashion-mnist "${VISIONSAE_FASHION_MNIST:-/usr/share/datasets/fashion-mnist}/t10k-images-idx3-ubyte.gz"
         if [ "$target" = test ]; then
             need chromium "${VISIONSAE_CHROMIUM:-/usr/bin/chromium}"
+            # shellcheck disable=SC2086  # the glob finds the multiarch folder
+            set -- /usr/lib/*/libatomic.so.1 /usr/lib/libatomic.so.1
+            found=""
+            for f in "$@"; do [ -e "$f" ] && found=1; done
+            [ -n "$found" ] || missing="$missing libatomic1"
             need wordnet-base /usr/share/wordnet/data.noun
         fi ;;
     *) echo "system-packages.sh: unknown target '$target' (expected demo, app or test)" >&2; exit 2 ;;
