@@ -22,7 +22,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 PEERS = ROOT / ".venv-peers"
-PEER_PACKAGES = ["eai-sparsify==1.3.3", "sae-lens==6.54.12"]
 
 # name -> (environment, module, args, quick args)
 BENCHMARKS: dict[str, tuple[str, str, list[str], list[str]]] = {
@@ -35,7 +34,13 @@ BENCHMARKS: dict[str, tuple[str, str, list[str], list[str]]] = {
     "store_read": ("project", "benchmarks.store_read", [], []),
     "audit_throughput": ("project", "benchmarks.audit_throughput", [], ["--images", "64", "--repeats", "1"]),
     "app_latency": ("project", "benchmarks.app_latency", [], ["--requests", "3"]),
+    "interop": ("peers", "benchmarks.interop", [], []),
 }
+
+
+# the peer libraries, at the versions the README's figures and tests/sae/interop/ come from
+# (both install under the torch pin of constraints.txt)
+PEER_PACKAGES = ["eai-sparsify==1.3.3", "sae-lens==6.54.12"]
 
 
 def peers_python() -> str:
@@ -43,6 +48,7 @@ def peers_python() -> str:
     if not py.exists():
         print(f"creating .venv-peers ({', '.join(PEER_PACKAGES)}) ...", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(PEERS)], check=True)
+    if subprocess.run([str(py), "-c", "import sparsify, sae_lens"], capture_output=True).returncode != 0:
         subprocess.run([str(py), "-m", "pip", "install", "-q", "-c", str(ROOT / "constraints.txt"), *PEER_PACKAGES], check=True)
     return str(py)
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+_CHECKOUT = Path(__file__).resolve().parents[1]
+if (_CHECKOUT / "visionsae").is_dir():  # run from a checkout without installing (installed: visionsae.demos)
+    sys.path.insert(0, str(_CHECKOUT))
 
 from visionsae.cli import main as cli  # noqa: E402
 

@@ -5,14 +5,24 @@
     out.images, out.concept_decisions   # per prompt: {concept: {score, threshold, flagged}}
 
 or wrap a pipeline you already have: ``ItDStableDiffusionPipeline.wrap(pipe, sae, concepts)``.
-Every argument of the parent's ``__call__`` works as before. Only the positive prompt goes
-through the eraser (negative prompts are left as they are unless ``erase_negative=True``):
-the positive and negative embeddings are computed in two text-encoder calls, which give
-the same numbers as the parent's one ``encode_prompt``.
+
+The parent's contract holds: ``__call__``, ``encode_prompt`` and ``save_pretrained`` have the
+parent's signatures and run the parent's code (its argument checks and errors included);
+the edits are switched on around the text encoder's forward that encodes the positive
+prompt (diffusers encodes it before the negative one), so negative prompts are left as
+they are unless ``erase_negative=True``. ``save_pretrained`` writes the SAE(s), concept
+set(s) and settings in ``itd/`` beside the components; ``from_pretrained`` of the folder
+restores the erasers, and plain ``DiffusionPipeline.from_pretrained`` loads it as the stock
+pipeline (``model_index.json`` names the stock class).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
+import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,21 +32,14 @@ from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
 from diffusers.pipelines.stable_diffusion_xl import StableDiffusionXLPipelineOutput
 
-from visionsae.concepts import ConceptSet
+from visionsae.compat import diffusers_errors_only
 from visionsae.control.edit import FeatureEdit
 from visionsae.control.itd import ItDEraser
 from visionsae.control.steer import steering_edit
-from visionsae.sae import SparseAutoencoder
 
-from visionsae.compat import diffusers_errors_only
+from ._parts import as_concepts, as_sae, read_parts, remove_parts, write_parts
 
-
-def _load_sae(sae: SparseAutoencoder | str | Path) -> SparseAutoencoder:
-    return sae if isinstance(sae, SparseAutoencoder) else SparseAutoencoder.from_pretrained(sae)
-
-
-def _load_concepts(concepts: ConceptSet | str | Path) -> ConceptSet:
-    return concepts if isinstance(concepts, ConceptSet) else ConceptSet.load(concepts)
+PARTS_DIR = "itd"  # the folder save_pretrained writes beside the components
 
 
 @dataclass
@@ -54,34 +57,44 @@ class ItDXLPipelineOutput(StableDiffusionXLPipelineOutput):
 
 
 class _ItDMixin:
-    """What the SD and SDXL pipelines share: erasers, their devices, decisions."""
+    """What the SD and SDXL pipelines share: erasers and steering, switched on around the
+    positive prompt's encoding; decisions; save / load of the edits."""
+
+    _parent: type  # the stock pipeline class
+    _output: type  # its output class with concept_decisions
 
     erase_negative: bool = False
     """Also erase from negative prompts (off: negative prompts are left as they are)."""
     itd_enabled: bool = True
     """Switch erasure off to get the stock pipeline's output from the same object."""
 
-    @property
-    def _erasers(self) -> list[tuple[str, ItDEraser]]:
+    def _state(self, key: str, default):
         # created on first use: diffusers builds pipelines from __init__'s signature, which
         # must stay the parent's
-        if "_itd_erasers" not in self.__dict__:
-            self.__dict__["_itd_erasers"] = []
-        return self.__dict__["_itd_erasers"]
+        return self.__dict__.setdefault(f"_itd_{key}", default)
+
+    @property
+    def _erasers(self) -> list[tuple[str, ItDEraser]]:
+        """(encoder name, eraser), at most one per encoder."""
+        return self._state("erasers", [])
 
     @property
     def _steers(self) -> list[tuple[str, FeatureEdit]]:
-        if "_itd_steers" not in self.__dict__:
-            self.__dict__["_itd_steers"] = []
-        return self.__dict__["_itd_steers"]
+        return self._state("steers", [])
 
+    @property
+    def concept_decisions(self) -> list[dict[str, dict[str, Any]]]:
+        """The classifier's decisions of the last ``encode_prompt`` (per prompt)."""
+        return self._state("last", [])
+
+    # ------------------------------------------------------------------ setting edits
     def set_steering(self, sae, features: Sequence[int], strength: str | float = "medium",
                      encoder_name: str = "text_encoder", hook: str | None = None) -> None:
         """Steer the prompt embedding along SAE ``features`` ("gentle", "medium", "strong"
         or a float); replaces any earlier steering. Negative prompts are left alone."""
         self.clear_steering()
         encoder = getattr(self, encoder_name)
-        sae = _load_sae(sae).to(encoder.device)
+        sae = as_sae(sae).to(encoder.device)
         hook = hook or sae.cfg.hook
         if not hook:
             raise ValueError("no hook point: pass hook=..., or use an SAE that records one")
@@ -95,18 +108,20 @@ class _ItDMixin:
             e.detach()
         self._steers.clear()
 
-    def _add_eraser(self, encoder_name: str, sae, concepts, names=None, hook=None, mode="zero", value=0.0) -> None:
+    def _add_eraser(self, encoder_name: str, sae, concepts, **settings) -> None:
         encoder = getattr(self, encoder_name)
-        sae = _load_sae(sae).to(encoder.device)
-        eraser = ItDEraser(encoder, sae, _load_concepts(concepts), names=names, hook=hook, mode=mode, value=value)
+        sae, concepts = as_sae(sae).to(encoder.device), as_concepts(concepts)
+        eraser = ItDEraser.from_settings(encoder, sae, concepts, settings)
         eraser.enabled = False  # switched on only around the positive prompt's encoding
         eraser.attach()
         self._erasers.append((encoder_name, eraser))
+        self._state("concepts", {})[encoder_name] = concepts
 
     def remove_erasers(self) -> None:
         for _, e in self._erasers:
             e.detach()
         self._erasers.clear()
+        self._state("concepts", {}).clear()
 
     def to(self, *args, **kwargs):
         out = super().to(*args, **kwargs)
@@ -122,39 +137,187 @@ class _ItDMixin:
         for _, edit in self._edits():
             edit.enabled = on
 
-    def _decisions(self) -> list[dict]:
-        per_encoder = [(name, e.pop_decisions()) for name, e in self._erasers]
-        if not per_encoder:
-            return []
-        if len(per_encoder) == 1:
-            return per_encoder[0][1]
-        n = max(len(d) for _, d in per_encoder)
-        return [{name: (d[i] if i < len(d) else {}) for name, d in per_encoder} for i in range(n)]
-
     def _active(self) -> bool:
         return self.itd_enabled and bool(self._edits())
 
-    def _check_embeds(self, prompt_embeds) -> None:
-        if prompt_embeds is not None and self._edits():
+    # ------------------------------------------------------------------ encoding
+    @contextmanager
+    def _editing(self, positive: bool):
+        """Edits on for the forward of each text encoder that encodes the positive prompt: its
+        first forward inside the parent's ``encode_prompt`` (the positive prompt comes first),
+        then off for the negative prompt unless ``erase_negative``. ``positive=False``: the
+        positive embeddings were passed in, so only negatives are encoded. Yields the positive
+        prompts' decisions per encoder, filled as the encoders run."""
+        groups: dict[str, list[FeatureEdit]] = {}
+        for name, edit in self._edits():
+            groups.setdefault(name, []).append(edit)
+        erasers = dict(self._erasers)
+        decisions: dict[str, list[dict]] = {}
+
+        def after_first(name: str):
+            def hook(module, args, output):
+                if name not in decisions:
+                    decisions[name] = erasers[name].pop_decisions() if name in erasers else []
+                    if not self.erase_negative:
+                        for e in groups[name]:
+                            e.enabled = False
+            return hook
+
+        handles = []
+        for name, edits in groups.items():
+            for e in edits:
+                e.enabled = positive or self.erase_negative
+            if positive:
+                handles.append(getattr(self, name).register_forward_hook(after_first(name)))
+        try:
+            yield decisions
+        finally:
+            for h in handles:
+                h.remove()
+            self._set_enabled(False)
+            for _, e in self._erasers:
+                e.pop_decisions()  # the negative prompts' (erase_negative): not reported
+
+    def _combine(self, per_encoder: dict[str, list[dict]]) -> list[dict]:
+        """Per prompt: the one encoder's decisions, or {encoder: decisions} for several."""
+        names = [n for n, _ in self._erasers]
+        if len(names) <= 1:
+            return per_encoder.get(names[0], []) if names else []
+        n = max(len(per_encoder.get(name, [])) for name in names)
+        return [{name: (per_encoder.get(name, [])[i] if i < len(per_encoder.get(name, [])) else {}) for name in names}
+                for i in range(n)]
+
+    def _given_decisions(self, prompt_embeds: torch.Tensor) -> list[dict]:
+        """The decisions recorded when this pipeline's encode_prompt made ``prompt_embeds``;
+        embeddings made elsewhere are refused (they never went through the eraser)."""
+        made = getattr(prompt_embeds, "_itd_made_by", None)
+        if made is None or made[0] != id(self):
             hooks = ", ".join(repr(e.hook) for _, e in self._edits())
             raise ValueError(
                 f"prompt_embeds were passed in, but ItD edits the text encoder at {hooks}, inside the "
-                "encoder; its output embeddings no longer hold those activations. Pass `prompt` "
-                "instead, or build the embeddings with this pipeline's encode_prompt."
+                "encoder; embeddings made elsewhere never went through it. Pass `prompt` instead, or "
+                "build the embeddings with this pipeline's encode_prompt."
             )
+        return made[1]
+
+    def _encode(self, args: tuple, kwargs: dict):
+        """The parent's encode_prompt, with the edits on for the positive prompt."""
+        parent = self._parent.encode_prompt
+        if not self._active():
+            self.__dict__["_itd_last"] = []
+            return parent(self, *args, **kwargs)
+        given = inspect.signature(parent).bind(self, *args, **kwargs).arguments.get("prompt_embeds")
+        decisions = self._given_decisions(given) if given is not None else None
+        for _, e in self._erasers:
+            e.pop_decisions()  # anything left from a call that failed
+        with self._editing(positive=given is None) as per_encoder:
+            out = parent(self, *args, **kwargs)
+        if decisions is None:
+            decisions = self._combine(per_encoder)
+            for t in out[::2] if len(out) == 4 else out[:1]:  # the positive embeddings (SDXL: and pooled)
+                t._itd_made_by = (id(self), decisions)
+        self.__dict__["_itd_last"] = decisions
+        return out
+
+    def _call(self, args: tuple, kwargs: dict):
+        """The parent's __call__, its output with the decisions of its prompts."""
+        bound = inspect.signature(self._parent.__call__).bind(self, *args, **kwargs).arguments
+        self.__dict__["_itd_last"] = []
+        out = self._parent.__call__(self, *args, **kwargs)
+        decisions = self.concept_decisions
+        if not bound.get("return_dict", True):
+            return (*out, decisions)
+        fields = {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}
+        return self._output(**fields, concept_decisions=decisions)
+
+    # ------------------------------------------------------------------ saving
+    def _save_parts(self, save_directory) -> None:
+        folder = Path(save_directory) / PARTS_DIR
+        if not self._edits():
+            remove_parts(folder)  # an earlier save's erasers must not come back
+            return
+        concepts = self._state("concepts", {})
+        saes, sets, erasers, steers = {}, {}, [], []
+        for name, eraser in self._erasers:
+            saes[name], sets[name] = eraser.edit.sae, concepts[name]
+            erasers.append({"encoder": name, "sae": name, "concepts": f"{name}.json", "settings": eraser.settings()})
+        for i, (name, edit) in enumerate(self._steers):
+            key = f"steering-{i}"
+            saes[key] = edit.sae
+            steers.append({"encoder": name, "sae": key, "features": sorted(int(f) for f in edit.spec.features),
+                           "strength": float(edit.spec.value), "hook": edit.hook})
+        write_parts(folder, {"erasers": erasers, "steering": steers, "erase_negative": bool(self.erase_negative),
+                             "itd_enabled": bool(self.itd_enabled)}, saes, sets)
+
+    def _load_parts(self, folder) -> bool:
+        """Restore the edits saved in ``folder/itd``; False where there is none."""
+        root = Path(folder) / PARTS_DIR
+        manifest = read_parts(root) if Path(folder).is_dir() else None
+        if manifest is None:
+            return False
+        self.remove_erasers()
+        self.clear_steering()
+        for entry in manifest["erasers"]:
+            self._add_eraser(entry["encoder"], root / entry["sae"], root / entry["concepts"], **entry["settings"])
+        for entry in manifest["steering"]:
+            self.set_steering(root / entry["sae"], entry["features"], entry["strength"], entry["encoder"], entry["hook"])
+        self.erase_negative = manifest["erase_negative"]
+        self.itd_enabled = manifest["itd_enabled"]
+        return True
+
+    def to_json_string(self) -> str:
+        # model_index.json names the stock class, so plain diffusers loads a saved folder as
+        # the stock pipeline; ItD's from_pretrained restores the erasers from itd/
+        config = json.loads(super().to_json_string())
+        config["_class_name"] = self._parent.__name__
+        return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
 
+def _parents_signature(cls):
+    """Give the ItD class's ``__call__``, ``encode_prompt`` and ``save_pretrained`` the parent's
+    name, docs and signature (diffusers' own tests and helpers inspect them)."""
+    parent = cls._parent
+
+    @functools.wraps(parent.__call__)
+    def __call__(self, *args, **kwargs):
+        return self._call(args, kwargs)
+
+    @functools.wraps(parent.encode_prompt)
+    def encode_prompt(self, *args, **kwargs):
+        return self._encode(args, kwargs)
+
+    @functools.wraps(parent.save_pretrained)
+    def save_pretrained(self, *args, **kwargs):
+        directory = inspect.signature(parent.save_pretrained).bind(self, *args, **kwargs).arguments["save_directory"]
+        self._save_parts(directory)  # first: push_to_hub uploads the folder as the parent leaves it
+        return parent.save_pretrained(self, *args, **kwargs)
+
+    for fn in (__call__, encode_prompt, save_pretrained):
+        fn.__qualname__ = f"{cls.__name__}.{fn.__name__}"
+        setattr(cls, fn.__name__, fn)
+    return cls
+
+
+@_parents_signature
 class ItDStableDiffusionPipeline(_ItDMixin, StableDiffusionPipeline):
     """``StableDiffusionPipeline`` that erases concepts with an SAE on its text encoder."""
+
+    _parent = StableDiffusionPipeline
+    _output = ItDPipelineOutput
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, sae=None, concepts=None, erase: Sequence[str] | None = None,
                         hook: str | None = None, mode: str = "zero", value: float = 0.0, **kwargs):
+        """The parent's ``from_pretrained``; with ``sae`` and ``concepts``, erase ``erase``
+        (default: every concept of the set). Without them, a folder written by this class's
+        ``save_pretrained`` comes back with its erasers and steering."""
         pipe = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         if sae is not None or concepts is not None:
             if sae is None or concepts is None:
                 raise ValueError("pass both sae= and concepts= (or neither, and call set_eraser later)")
             pipe.set_eraser(sae, concepts, erase, hook=hook, mode=mode, value=value)
+        else:
+            pipe._load_parts(pretrained_model_name_or_path)
         return pipe
 
     @classmethod
@@ -170,53 +333,27 @@ class ItDStableDiffusionPipeline(_ItDMixin, StableDiffusionPipeline):
                    mode: str = "zero", value: float = 0.0) -> None:
         """Erase the concepts ``erase`` (default: all of the set) from now on."""
         self.remove_erasers()
-        self._add_eraser("text_encoder", sae, concepts, erase, hook, mode, value)
-
-    def encode_prompt(self, prompt, device, num_images_per_prompt, do_classifier_free_guidance, negative_prompt=None,
-                      prompt_embeds=None, negative_prompt_embeds=None, lora_scale=None, clip_skip=None):
-        if not self._active():
-            return super().encode_prompt(prompt, device, num_images_per_prompt, do_classifier_free_guidance, negative_prompt,
-                                         prompt_embeds, negative_prompt_embeds, lora_scale, clip_skip)
-        self._check_embeds(prompt_embeds)
-        common = dict(lora_scale=lora_scale, clip_skip=clip_skip)
-        self._set_enabled(True)
-        try:
-            prompt_embeds, _ = super().encode_prompt(prompt, device, num_images_per_prompt, False, prompt_embeds=prompt_embeds, **common)
-        finally:
-            self._set_enabled(False)
-        if do_classifier_free_guidance and negative_prompt_embeds is None:
-            batch = prompt_embeds.shape[0] // num_images_per_prompt
-            negative = negative_prompt if negative_prompt is not None else ""
-            if isinstance(negative, str):
-                negative = [negative] * batch
-            elif len(negative) != batch:
-                raise ValueError(f"negative_prompt has {len(negative)} entries but there are {batch} prompts")
-            self._set_enabled(self.erase_negative)
-            try:
-                negative_prompt_embeds, _ = super().encode_prompt(negative, device, num_images_per_prompt, False, **common)
-            finally:
-                self._set_enabled(False)
-        return prompt_embeds, negative_prompt_embeds
-
-    def __call__(self, *args, **kwargs):
-        self._decisions()  # drop anything left from an earlier call
-        return_dict = kwargs.get("return_dict", True)
-        out = super().__call__(*args, **kwargs)
-        decisions = self._decisions()
-        if not return_dict:
-            return (*out, decisions)
-        return ItDPipelineOutput(images=out.images, nsfw_content_detected=out.nsfw_content_detected, concept_decisions=decisions)
+        self._add_eraser("text_encoder", sae, concepts, names=erase, hook=hook, mode=mode, value=value)
 
 
+@_parents_signature
 class ItDStableDiffusionXLPipeline(_ItDMixin, StableDiffusionXLPipeline):
     """``StableDiffusionXLPipeline`` with an SAE (and concept set) on each text encoder."""
+
+    _parent = StableDiffusionXLPipeline
+    _output = ItDXLPipelineOutput
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, sae=None, concepts=None, sae_2=None, concepts_2=None,
                         erase: Sequence[str] | None = None, mode: str = "zero", value: float = 0.0, **kwargs):
+        """The parent's ``from_pretrained``; with ``sae`` / ``sae_2`` (and their concept sets),
+        erasers on ``text_encoder`` / ``text_encoder_2``. Without them, a folder written by
+        this class's ``save_pretrained`` comes back with its erasers and steering."""
         pipe = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         if sae is not None or sae_2 is not None:
             pipe.set_eraser(sae, concepts, sae_2, concepts_2, erase, mode=mode, value=value)
+        else:
+            pipe._load_parts(pretrained_model_name_or_path)
         return pipe
 
     @classmethod
@@ -238,49 +375,6 @@ class ItDStableDiffusionXLPipeline(_ItDMixin, StableDiffusionXLPipeline):
             if s is not None:
                 if c is None:
                     raise ValueError(f"an SAE for {name} needs its concept set")
-                names = [n for n in erase if n in _load_concepts(c).concepts] if erase is not None else None
-                self._add_eraser(name, s, c, names, None, mode, value)
-
-    def encode_prompt(self, prompt, prompt_2=None, device=None, num_images_per_prompt=1, do_classifier_free_guidance=True,
-                      negative_prompt=None, negative_prompt_2=None, prompt_embeds=None, negative_prompt_embeds=None,
-                      pooled_prompt_embeds=None, negative_pooled_prompt_embeds=None, lora_scale=None, clip_skip=None):
-        if not self._active():
-            return super().encode_prompt(prompt, prompt_2, device, num_images_per_prompt, do_classifier_free_guidance,
-                                         negative_prompt, negative_prompt_2, prompt_embeds, negative_prompt_embeds,
-                                         pooled_prompt_embeds, negative_pooled_prompt_embeds, lora_scale, clip_skip)
-        self._check_embeds(prompt_embeds)
-        common = dict(device=device, num_images_per_prompt=num_images_per_prompt, lora_scale=lora_scale, clip_skip=clip_skip)
-        self._set_enabled(True)
-        try:
-            prompt_embeds, _, pooled_prompt_embeds, _ = super().encode_prompt(
-                prompt, prompt_2, do_classifier_free_guidance=False, prompt_embeds=prompt_embeds,
-                pooled_prompt_embeds=pooled_prompt_embeds, **common)
-        finally:
-            self._set_enabled(False)
-        if do_classifier_free_guidance and negative_prompt_embeds is None:
-            # The parent's rule: no negative prompt and force_zeros_for_empty_prompt -> zeros
-            if negative_prompt is None and negative_prompt_2 is None and self.config.force_zeros_for_empty_prompt:
-                negative_prompt_embeds = torch.zeros_like(prompt_embeds)
-                negative_pooled_prompt_embeds = torch.zeros_like(pooled_prompt_embeds)
-            else:
-                batch = prompt_embeds.shape[0] // num_images_per_prompt
-                neg = negative_prompt or ""
-                neg_2 = negative_prompt_2 or neg
-                neg = [neg] * batch if isinstance(neg, str) else neg
-                neg_2 = [neg_2] * batch if isinstance(neg_2, str) else neg_2
-                self._set_enabled(self.erase_negative)
-                try:
-                    negative_prompt_embeds, _, negative_pooled_prompt_embeds, _ = super().encode_prompt(
-                        neg, neg_2, do_classifier_free_guidance=False, **common)
-                finally:
-                    self._set_enabled(False)
-        return prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds
-
-    def __call__(self, *args, **kwargs):
-        self._decisions()
-        return_dict = kwargs.get("return_dict", True)
-        out = super().__call__(*args, **kwargs)
-        decisions = self._decisions()
-        if not return_dict:
-            return (*out, decisions)
-        return ItDXLPipelineOutput(images=out.images, concept_decisions=decisions)
+                c = as_concepts(c)
+                names = [n for n in erase if n in c.concepts] if erase is not None else None
+                self._add_eraser(name, s, c, names=names, mode=mode, value=value)

@@ -11,27 +11,30 @@ and all; the unlearning is a :class:`visionsae.control.sauce.SAUCEUnlearner` on 
 language-model layer (found under ``model.language_model.layers`` in transformers 5 or
 ``language_model.model.layers`` in 4.x, whichever the SAE's recorded hook resolves to).
 ``model.unlearning_enabled = False`` gives the stock model's answers from the same object.
+
+``save_pretrained`` writes the SAE, concept set and settings in ``sauce/`` beside the weights
+(``config.json`` names the stock class): ``SAUCELlavaForConditionalGeneration.from_pretrained``
+of the folder unlearns again, plain ``LlavaForConditionalGeneration.from_pretrained`` loads
+the stock model.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+import json
 from pathlib import Path
 from typing import Sequence
 
 import torch
 from transformers import LlavaForConditionalGeneration
 
-from visionsae.concepts import ConceptSet
 from visionsae.control.sauce import SAUCEUnlearner
-from visionsae.sae import SparseAutoencoder
+from visionsae.sae.io import atomic_write_bytes
 
+from ._parts import as_concepts, as_sae, read_parts, remove_parts, write_parts
 
-def _load_sae(sae: SparseAutoencoder | str | Path) -> SparseAutoencoder:
-    return sae if isinstance(sae, SparseAutoencoder) else SparseAutoencoder.from_pretrained(sae)
-
-
-def _load_concepts(concepts: ConceptSet | str | Path) -> ConceptSet:
-    return concepts if isinstance(concepts, ConceptSet) else ConceptSet.load(concepts)
+PARTS_DIR = "sauce"  # the folder save_pretrained writes beside the weights
 
 
 class SAUCELlavaForConditionalGeneration(LlavaForConditionalGeneration):
@@ -41,12 +44,40 @@ class SAUCELlavaForConditionalGeneration(LlavaForConditionalGeneration):
     def from_pretrained(cls, pretrained_model_name_or_path, *args, sae=None, concepts=None,
                         unlearn: Sequence[str] | None = None, tokens: str = "image", mode: str | None = "zero",
                         value: float = 0.0, hook: str | None = None, **kwargs):
+        """The parent's ``from_pretrained``; with ``sae`` and ``concepts``, unlearn ``unlearn``
+        (default: every concept of the set). Without them, a folder written by this class's
+        ``save_pretrained`` comes back unlearning what it did."""
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         if sae is not None or concepts is not None:
             if sae is None or concepts is None:
                 raise ValueError("pass both sae= and concepts= (or neither, and call set_unlearning later)")
             model.set_unlearning(sae, concepts, unlearn, tokens=tokens, mode=mode, value=value, hook=hook)
+        elif Path(pretrained_model_name_or_path).is_dir():
+            root = Path(pretrained_model_name_or_path) / PARTS_DIR
+            manifest = read_parts(root)
+            if manifest is not None:
+                model.set_unlearning(root / manifest["sae"], root / manifest["concepts"], **manifest["settings"])
+                model.unlearning_enabled = manifest["enabled"]
         return model
+
+    @functools.wraps(LlavaForConditionalGeneration.save_pretrained)
+    def save_pretrained(self, *args, **kwargs):
+        bound = inspect.signature(LlavaForConditionalGeneration.save_pretrained).bind(self, *args, **kwargs).arguments
+        folder = Path(bound["save_directory"])
+        if self._unlearner is None:
+            remove_parts(folder / PARTS_DIR)  # an earlier save's unlearning must not come back
+        else:
+            write_parts(folder / PARTS_DIR, {"sae": "sae", "concepts": "concepts.json", "settings": dict(self._sauce_settings),
+                                             "enabled": self.unlearning_enabled},
+                        {"sae": self._unlearner.sae}, {"concepts": self.__dict__["_sauce_concepts"]})
+        out = super().save_pretrained(*args, **kwargs)
+        if bound.get("is_main_process", True):
+            # name the stock class, as the weights are the stock model's (the edit lives in sauce/)
+            config = folder / "config.json"
+            data = json.loads(config.read_text())
+            data["architectures"] = [LlavaForConditionalGeneration.__name__]
+            atomic_write_bytes(config, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+        return out
 
     @classmethod
     def wrap(cls, model: LlavaForConditionalGeneration, sae, concepts, unlearn: Sequence[str] | None = None,
@@ -74,10 +105,12 @@ class SAUCELlavaForConditionalGeneration(LlavaForConditionalGeneration):
         any earlier setting. ``tokens``: ``image`` or ``all``; ``mode``: zero, scale, clamp, or
         None for each concept's calibrated setting."""
         self.remove_unlearning()
-        sae = _load_sae(sae).to(self.device)
-        unlearner = SAUCEUnlearner(self, sae, _load_concepts(concepts), unlearn, hook=hook, tokens=tokens,
-                                   mode=mode, value=value)
+        sae, concepts = as_sae(sae).to(self.device), as_concepts(concepts)
+        unlearner = SAUCEUnlearner(self, sae, concepts, unlearn, hook=hook, tokens=tokens, mode=mode, value=value)
         self.__dict__["_sauce_unlearner"] = unlearner.attach()
+        self.__dict__["_sauce_concepts"] = concepts
+        self.__dict__["_sauce_settings"] = {"unlearn": list(unlearner.names), "tokens": tokens, "mode": mode,
+                                            "value": float(value), "hook": hook}
 
     def remove_unlearning(self) -> None:
         if self._unlearner is not None:

@@ -6,7 +6,7 @@ checked against the real components: the images against the zoo pipeline's own o
 same seed, the verdict against the concept set's threshold and the SAE classifier's score.
 Screenshots go to test-artifacts/app/ (gitignored; VISIONSAE_TEST_ARTIFACTS moves it).
 
-Chromium comes from Debian (`apt-get install -y chromium`, which .ci/run does); without it
+Chromium comes from Debian (`apt-get install -y chromium`, which `make test` does); without it
 these tests skip and say so.
 """
 
@@ -26,7 +26,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 CHROMIUM = os.environ.get("VISIONSAE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).is_file(),
-    reason=f"no chromium at {CHROMIUM}: install it with `apt-get install -y chromium` (.ci/run does)",
+    reason=f"no chromium at {CHROMIUM}: install it with `apt-get install -y chromium` (`make test` does as root)",
 )
 ARTIFACTS = Path(os.environ.get("VISIONSAE_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts")) / "app"
 STEPS = 4  # sampling steps of every generation here (the zoo draws in ~10 ms a step at 32x32)

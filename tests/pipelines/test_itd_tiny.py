@@ -137,11 +137,24 @@ def test_parent_arguments_keep_working(sd):
     assert (no_cfg.images == _run(stock, "a red car", guidance_scale=1.0).images).all()
 
 
-def test_prompt_embeds_are_refused_with_a_reason(sd):
-    _, itd, _, _ = sd
-    embeds = itd.encode_prompt(["a dog"], "cpu", 1, False)[0]
-    with pytest.raises(ValueError, match="prompt_embeds were passed in, but ItD edits the text encoder at 'text_model.encoder.layers.2'"):
+def test_prompt_embeds_made_elsewhere_are_refused_with_a_reason(sd):
+    stock, itd, _, _ = sd
+    embeds = stock.encode_prompt(["a dog"], "cpu", 1, False)[0]
+    with pytest.raises(ValueError, match="prompt_embeds were passed in, but ItD edits the text encoder at "
+                                         "'text_model.encoder.layers.2'.*made elsewhere"):
         _run(itd, None, prompt_embeds=embeds)
+
+
+def test_prompt_embeds_from_this_pipeline_are_the_erased_ones(sd):
+    """diffusers' pattern: encode once with encode_prompt, generate from the embeddings."""
+    _, itd, _, _ = sd
+    prompts = ["a photo of a dog", "a red car"]
+    pos, neg = itd.encode_prompt(prompts, "cpu", 1, True)
+    from_embeds = _run(itd, None, prompt_embeds=pos, negative_prompt_embeds=neg)
+    from_prompts = _run(itd, prompts)
+    assert (from_embeds.images == from_prompts.images).all()
+    assert from_embeds.concept_decisions == from_prompts.concept_decisions
+    assert [d["dog"]["flagged"] for d in from_embeds.concept_decisions] == [True, False]
 
 
 def test_dtype_cast_and_to_keep_working(sd, clip_tok):
@@ -149,7 +162,7 @@ def test_dtype_cast_and_to_keep_working(sd, clip_tok):
     half = ItDStableDiffusionPipeline.wrap(tiny_sd(clip_tok), sae, concepts).to(torch.bfloat16)
     out = half.encode_prompt(["a photo of a dog", "a red car"], "cpu", 1, False)[0]
     assert out.dtype == torch.bfloat16
-    assert half._erasers[0][1].classifier.decisions[0]["dog"]["flagged"]
+    assert half.concept_decisions[0]["dog"]["flagged"]
 
 
 def test_concept_set_for_another_sae_is_refused(sd, clip_tok):

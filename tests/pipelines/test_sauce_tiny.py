@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 
 import numpy as np
 import pytest
@@ -82,3 +83,50 @@ def test_wrap_shares_modules_and_leaves_the_original_model_stock(saved, tiny_lla
     wrapped.remove_unlearning()
     with pytest.raises(TypeError, match="LlavaForConditionalGeneration"):
         SAUCELlavaForConditionalGeneration.wrap(torch.nn.Linear(2, 2), root / "sae", root / "concepts.json")
+
+
+def test_save_pretrained_keeps_the_unlearning_and_loads_as_stock_llava(saved, tmp_path):
+    root, processor = saved
+    model = SAUCELlavaForConditionalGeneration.from_pretrained(root / "llava", sae=root / "sae", concepts=root / "concepts.json",
+                                                              unlearn=["b"], tokens="all", mode="scale", value=-6.0).eval()
+    inputs = _inputs(processor)
+    edited = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+    model.save_pretrained(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["architectures"] == ["LlavaForConditionalGeneration"]
+    back = SAUCELlavaForConditionalGeneration.from_pretrained(tmp_path / "m").eval()
+    assert back.unlearned == ["b"] and back.unlearning_enabled
+    assert back._unlearner.settings == model._unlearner.settings
+    assert torch.equal(back.generate(**inputs, max_new_tokens=5, do_sample=False), edited)
+    stock = LlavaForConditionalGeneration.from_pretrained(tmp_path / "m").eval()
+    assert type(stock) is LlavaForConditionalGeneration
+    assert torch.equal(stock.generate(**inputs, max_new_tokens=5, do_sample=False),
+                       LlavaForConditionalGeneration.from_pretrained(root / "llava").eval().generate(
+                           **inputs, max_new_tokens=5, do_sample=False))
+    back.remove_unlearning()
+    back.save_pretrained(tmp_path / "m")  # saved without unlearning: none comes back
+    assert not (tmp_path / "m" / "sauce").exists()
+    assert SAUCELlavaForConditionalGeneration.from_pretrained(tmp_path / "m").unlearned == []
+
+
+def test_gradients_reach_the_layers_below_the_unlearning_edit(saved):
+    """Attribution and fine-tuning through an unlearned model: with the edit firing, every
+    parameter that gets a gradient in the stock model gets one, layer 0 (below the hooked
+    layer 1) and the vision tower included, and the edit changes those gradients."""
+    root, processor = saved
+    stock = LlavaForConditionalGeneration.from_pretrained(root / "llava").eval()
+    model = SAUCELlavaForConditionalGeneration.from_pretrained(root / "llava", sae=root / "sae", concepts=root / "concepts.json",
+                                                              unlearn=["a", "b"], tokens="all", mode="scale", value=-6.0).eval()
+    inputs = _inputs(processor)
+
+    def grads(m):
+        m.zero_grad(set_to_none=True)
+        m(**inputs, labels=inputs["input_ids"]).loss.backward()
+        return {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
+
+    ref, ours = grads(stock), grads(model)
+    assert any(bool(e.record.edited_tokens.any()) for e in model._unlearner.edits)  # the edit fired
+    assert set(ours) == set(ref)
+    below = [n for n in ref if ".layers.0." in n and "language_model" in n]
+    assert below and all(float(ours[n].abs().sum()) > 0 for n in below)
+    assert any(not torch.allclose(ours[n], ref[n]) for n in below)
+    assert any("vision_tower" in n for n in ours)

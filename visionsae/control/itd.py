@@ -43,6 +43,18 @@ class ItDEraser:
         self.classifier = ConceptClassifier(sae, concepts, names)
         spec = EditSpec(self.classifier.feature_ids.tolist(), mode=mode, value=value, tokens="active", keep_error=keep_error)
         self.edit = FeatureEdit(text_encoder, hook, sae, spec, gate=self.classifier.gate)
+        self._settings = {"names": list(self.classifier.names), "hook": hook, "mode": mode, "value": float(value),
+                          "keep_error": bool(keep_error)}
+
+    def settings(self) -> dict:
+        """The constructor's settings as JSON-able values (names resolved, hook found), so that
+        ``ItDEraser.from_settings(encoder, sae, concepts, eraser.settings())`` rebuilds it."""
+        return dict(self._settings, names=list(self._settings["names"]))
+
+    @classmethod
+    def from_settings(cls, text_encoder: nn.Module, sae: SparseAutoencoder, concepts: ConceptSet, settings: dict) -> "ItDEraser":
+        """The eraser that :meth:`settings` describes, on ``text_encoder`` with ``sae`` and ``concepts``."""
+        return cls(text_encoder, sae, concepts, **settings)
 
     @property
     def names(self) -> list[str]:

@@ -1,13 +1,20 @@
 """Save and load SAEs: ``cfg.json`` + ``sae.safetensors`` in a directory. Never pickle.
 
-Also reads the directory layouts of two other libraries into our class:
+Also reads and writes the directory layouts of two other libraries:
 
 * SAELens: ``cfg.json`` (``d_in``, ``d_sae``, ``architecture`` standard / topk / jumprelu,
-  ``apply_b_dec_to_input``, ``k``) + ``sae_weights.safetensors`` (``W_enc [d_in, d_sae]``,
-  ``b_enc``, ``W_dec [d_sae, d_in]``, ``b_dec``, ``threshold`` for JumpReLU);
-* sparsify: ``cfg.json`` (``d_in``, ``num_latents`` or ``expansion_factor``, ``k``) +
-  ``sae.safetensors`` (``encoder.weight [n, d_in]``, ``encoder.bias``, ``W_dec [n, d_in]``,
-  ``b_dec``); TopK on ``x - b_dec``.
+  ``apply_b_dec_to_input``, ``k``, ``rescale_acts_by_decoder_norm``; the hook and model
+  under ``metadata`` in SAELens 6, at the top level before) + ``sae_weights.safetensors``
+  (``W_enc [d_in, d_sae]``, ``b_enc``, ``W_dec [d_sae, d_in]``, ``b_dec``, ``threshold`` for
+  JumpReLU). A TopK SAE that rescales by the decoder norms is folded into plain weights
+  (the same code); gated SAEs are refused.
+* sparsify: ``cfg.json`` (``d_in``, ``num_latents`` or ``expansion_factor``, ``k``,
+  ``activation``) + ``sae.safetensors`` (``encoder.weight [n, d_in]``, ``encoder.bias``,
+  ``W_dec [n, d_in]``, ``b_dec``); TopK on ``x - b_dec``. GroupMax is refused.
+
+``save_sae(sae, path, format="saelens" | "sparsify")`` writes a folder that the library's
+own loader reads (``SAE.load_from_disk`` / ``SparseCoder.load_from_disk``) and that encodes
+as ours does; ``benchmarks/interop.py`` checks that against the libraries themselves.
 """
 
 from __future__ import annotations
@@ -85,13 +92,23 @@ def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: 
         raise
 
 
-def save_sae(sae: SparseAutoencoder, path: str | Path, fold_input_scale: bool = True) -> Path:
+FORMATS = ("visionsae", "saelens", "sparsify")
+
+
+def save_sae(sae: SparseAutoencoder, path: str | Path, fold_input_scale: bool = True, format: str = "visionsae") -> Path:
     """Write ``path/cfg.json`` and ``path/sae.safetensors`` (each atomically).
 
     With ``fold_input_scale`` (the default) the input scale is folded into the weights of
     the saved copy, so the files read raw activations; the module itself is unchanged.
+    ``format="saelens"`` / ``"sparsify"`` writes those libraries' layout instead (always folded).
     """
     path = Path(path)
+    if format == "saelens":
+        return _save_saelens(sae, path)
+    if format == "sparsify":
+        return _save_sparsify(sae, path)
+    if format != "visionsae":
+        raise ValueError(f"unknown SAE format {format!r}; expected one of {FORMATS}")
     state = {k: v.detach() for k, v in sae.state_dict().items()}
     if fold_input_scale and float(state["input_scale"]) != 1.0:  # new tensors; nothing copied otherwise
         s = float(state["input_scale"])
@@ -215,6 +232,8 @@ def _load_saelens(root: Path, raw: dict[str, Any], device) -> SparseAutoencoder:
     except KeyError as exc:
         raise ValueError(f"{root / CFG_NAME} lacks {exc.args[0]!r}, which an SAELens cfg.json has") from exc
     arch = raw.get("architecture", "standard")
+    if arch == "gated":
+        raise ValueError(f"{root}: gated SAEs are not supported (SAELens architecture 'gated')")
     tensors = _read_tensors(file)
     expected = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
     if arch == "jumprelu":
@@ -231,8 +250,22 @@ def _load_saelens(root: Path, raw: dict[str, Any], device) -> SparseAutoencoder:
     if not raw.get("apply_b_dec_to_input", True):
         # Ours always encodes x - b_dec: W (x - b_dec) + b' = W x + b  =>  b' = b + W b_dec
         b_enc = b_enc + W_enc @ b_dec
-    common = dict(d_in=d_in, n_latents=d_sae, normalize_input=False, hook=raw.get("hook_name"), model=raw.get("model_name"))
-    weights = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": tensors["W_dec"].float(), "b_dec": b_dec}
+    metadata = raw.get("metadata") or {}  # SAELens 6 keeps provenance here
+    hook = metadata.get("hook_name") or raw.get("hook_name")
+    model = metadata.get("model_name") or raw.get("model_name")
+    common = dict(d_in=d_in, n_latents=d_sae, normalize_input=False, hook=hook, model=model)
+    W_dec = tensors["W_dec"].float()
+    if raw.get("rescale_acts_by_decoder_norm"):
+        if arch != "topk":
+            raise ValueError(f"{root}: SAELens rescale_acts_by_decoder_norm=True is supported for topk SAEs only, "
+                             f"not {arch!r}")
+        # SAELens TopK encodes topk(pre * |W_dec_j|) and decodes (acts / |W_dec_j|) @ W_dec: the
+        # same code as plain TopK with encoder rows and biases times the norms, unit decoder rows
+        norms = W_dec.norm(dim=1)
+        if not bool((norms > 0).all()):
+            raise ValueError(f"{file}: rescale_acts_by_decoder_norm needs non-zero decoder rows")
+        W_enc, b_enc, W_dec = W_enc * norms[:, None], b_enc * norms, W_dec / norms[:, None]
+    weights = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}
     if arch == "topk":
         k = raw.get("k") or (raw.get("activation_fn_kwargs") or {}).get("k")
         if k is None:
@@ -247,7 +280,8 @@ def _load_saelens(root: Path, raw: dict[str, Any], device) -> SparseAutoencoder:
     elif arch == "standard":
         cfg = SAEConfig(sparsity="relu", **common)
     else:
-        raise ValueError(f"{root}: SAELens architecture {arch!r} is not supported; expected standard, topk or jumprelu")
+        raise ValueError(f"{root}: SAELens architecture {arch!r} is not supported; expected standard, topk or jumprelu "
+                         "(BatchTopK and Matryoshka SAEs export for inference as jumprelu)")
     return _build(cfg, weights, device)
 
 
@@ -259,6 +293,9 @@ def _load_sparsify(root: Path, raw: dict[str, Any], device) -> SparseAutoencoder
         raise ValueError(f"{root / CFG_NAME} is neither a visionsae cfg (no format_version) nor a sparsify cfg (needs d_in and k)")
     if raw.get("skip_connection") or raw.get("transcode"):
         raise ValueError(f"{root}: sparsify skip connections / transcoders are not supported")
+    if raw.get("activation", "topk") != "topk":
+        raise ValueError(f"{root}: sparsify activation={raw['activation']!r} is not supported (only 'topk'; "
+                         "groupmax keeps the largest latent of each of k groups)")
     d_in = int(raw["d_in"])
     n = int(raw.get("num_latents") or 0) or d_in * int(raw.get("expansion_factor", 32))
     tensors = _read_tensors(file)
@@ -273,3 +310,63 @@ def _load_sparsify(root: Path, raw: dict[str, Any], device) -> SparseAutoencoder
         "b_dec": tensors["b_dec"].float(),
     }
     return _build(cfg, weights, device)
+
+
+# ---------------------------------------------------------------------- export
+
+
+def _inference_weights(sae: SparseAutoencoder) -> dict[str, torch.Tensor]:
+    """W_enc [n, d], b_enc, W_dec [n, d], b_dec acting on raw inputs (input scale folded)."""
+    s = float(sae.input_scale)
+    return {"W_enc": sae.W_enc.detach().float() * s, "b_enc": sae.b_enc.detach().float(),
+            "W_dec": sae.W_dec.detach().float() / s, "b_dec": sae.b_dec.detach().float() / s}
+
+
+def _save_saelens(sae: SparseAutoencoder, path: Path) -> Path:
+    """SAELens 6's layout: topk -> topk, relu -> standard, jumprelu -> jumprelu, and batchtopk
+    (with Matryoshka) -> jumprelu at its inference threshold, as SAELens exports its own."""
+    rule, w = sae.cfg.sparsity, _inference_weights(sae)
+    n = sae.n_latents
+    cfg: dict[str, Any] = {}
+    tensors = {"W_enc": w["W_enc"].t().contiguous(), "b_enc": w["b_enc"], "W_dec": w["W_dec"], "b_dec": w["b_dec"]}
+    if rule == "topk":
+        arch = "topk"
+        cfg["k"] = int(sae.cfg.k)
+        cfg["rescale_acts_by_decoder_norm"] = False
+    elif rule == "relu":
+        arch = "standard"
+    elif rule in ("jumprelu", "batchtopk"):
+        arch = "jumprelu"
+        if rule == "jumprelu":
+            threshold = sae.rule.log_threshold.detach().float().exp()
+        else:
+            t = float(sae.rule.threshold)
+            if not t > 0:  # NaN (never trained) or not positive: no JumpReLU equivalent
+                raise ValueError(f"this batchtopk SAE's inference threshold is {t}; SAELens's JumpReLU needs a positive one")
+            threshold = torch.full((n,), t)
+        tensors["threshold"] = threshold.cpu()
+    else:
+        raise ValueError(f"an SAE with sparsity {rule!r} has no SAELens equivalent; the SAELens export supports "
+                         "topk, relu, jumprelu and batchtopk")
+    cfg = {"architecture": arch, "d_in": sae.d_in, "d_sae": n, "dtype": "float32", "device": "cpu",
+           "apply_b_dec_to_input": True, "normalize_activations": "none", "reshape_activations": "none", **cfg,
+           # SAELens reads a config without sae_lens_version as its pre-6.0 layout
+           "metadata": {"sae_lens_version": "6.0.0", "hook_name": sae.cfg.hook, "model_name": sae.cfg.model}}
+    atomic_save_tensors(tensors, path / SAELENS_WEIGHTS)
+    atomic_write_bytes(path / CFG_NAME, json.dumps(cfg, indent=2).encode())
+    return path
+
+
+def _save_sparsify(sae: SparseAutoencoder, path: Path) -> Path:
+    """sparsify's layout (``SparseCoder``): TopK SAEs only."""
+    if sae.cfg.sparsity != "topk":
+        raise ValueError(f"an SAE with sparsity {sae.cfg.sparsity!r} has no sparsify equivalent; the sparsify export "
+                         "supports topk only")
+    w = _inference_weights(sae)
+    tensors = {"encoder.weight": w["W_enc"], "encoder.bias": w["b_enc"], "W_dec": w["W_dec"], "b_dec": w["b_dec"]}
+    cfg = {"d_in": sae.d_in, "num_latents": sae.n_latents, "expansion_factor": max(1, sae.n_latents // sae.d_in),
+           "k": int(sae.cfg.k), "activation": "topk", "normalize_decoder": False, "multi_topk": False,
+           "skip_connection": False, "transcode": False}
+    atomic_save_tensors(tensors, path / WEIGHTS_NAME)
+    atomic_write_bytes(path / CFG_NAME, json.dumps(cfg, indent=2).encode())
+    return path

@@ -298,10 +298,12 @@ class SparseAutoencoder(nn.Module):
         self.input_scale.fill_(1.0)
 
     # ------------------------------------------------------------------- files
-    def save_pretrained(self, path: str | Path, fold_input_scale: bool = True) -> Path:
+    def save_pretrained(self, path: str | Path, fold_input_scale: bool = True, format: str = "visionsae") -> Path:
+        """Write ``cfg.json`` + weights to ``path``; ``format="saelens"`` or ``"sparsify"``
+        writes a folder those libraries load (see :mod:`visionsae.sae.io`)."""
         from .io import save_sae
 
-        return save_sae(self, path, fold_input_scale=fold_input_scale)
+        return save_sae(self, path, fold_input_scale=fold_input_scale, format=format)
 
     @classmethod
     def from_pretrained(cls, path_or_repo: str | Path, device: torch.device | str | None = None, **hub_kwargs) -> "SparseAutoencoder":

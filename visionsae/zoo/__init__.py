@@ -7,7 +7,8 @@
 * ``load_fashion_vqa()``: a transformers ``LlavaForConditionalGeneration`` and its
   ``LlavaProcessor`` that answer short questions about Fashion-MNIST images.
 
-Weights live in ``assets/zoo/`` of the repository (``VISIONSAE_ZOO`` overrides the folder);
+Weights live in ``assets/zoo/`` of the repository and ship inside the distribution as
+``visionsae/zoo/assets/`` (``VISIONSAE_ZOO`` overrides the folder; :func:`zoo_dir` finds it);
 the model card is ``assets/zoo/README.md``. Everything loads offline. Heavy libraries are
 imported when a loader is called, not when this package is imported.
 """
@@ -32,16 +33,22 @@ T2I_DIR, JUDGE_DIR, VQA_DIR = "fashion-t2i", "judge", "fashion-vqa"
 
 
 def zoo_dir() -> Path:
-    """The folder holding the zoo's weights: ``$VISIONSAE_ZOO`` or the repository's ``assets/zoo``."""
-    return Path(os.environ.get("VISIONSAE_ZOO", Path(__file__).resolve().parents[2] / "assets" / "zoo"))
+    """The folder holding the zoo's weights: ``$VISIONSAE_ZOO``, else the package data of an
+    installed distribution (``visionsae/zoo/assets``, pyproject maps ``assets/zoo`` there), else
+    the source checkout's ``assets/zoo`` (an editable install reads the repository itself)."""
+    if os.environ.get("VISIONSAE_ZOO"):
+        return Path(os.environ["VISIONSAE_ZOO"])
+    here = Path(__file__).resolve().parent
+    installed = here / "assets"
+    return installed if installed.is_dir() else here.parents[1] / "assets" / "zoo"
 
 
 def _model_dir(path: str | os.PathLike | None, name: str) -> Path:
     folder = Path(path) if path is not None else zoo_dir() / name
     if not folder.is_dir():
         raise FileNotFoundError(
-            f"zoo model folder {folder} not found; it ships in the repository under assets/zoo/{name} "
-            "(set VISIONSAE_ZOO to the folder holding it)"
+            f"zoo model folder {folder} not found; it ships in the distribution (visionsae/zoo/assets/{name}) "
+            f"and the repository (assets/zoo/{name}); set VISIONSAE_ZOO to the folder holding it"
         )
     return folder
 
