@@ -111,7 +111,8 @@ class _ItDMixin:
     def _add_eraser(self, encoder_name: str, sae, concepts, **settings) -> None:
         encoder = getattr(self, encoder_name)
         sae, concepts = as_sae(sae).to(encoder.device), as_concepts(concepts)
-        eraser = ItDEraser.from_settings(encoder, sae, concepts, settings)
+        tokenizer = getattr(self, encoder_name.replace("text_encoder", "tokenizer"), None)  # for the normal-form gate
+        eraser = ItDEraser.from_settings(encoder, sae, concepts, settings, tokenizer=tokenizer)
         eraser.enabled = False  # switched on only around the positive prompt's encoding
         eraser.attach()
         self._erasers.append((encoder_name, eraser))

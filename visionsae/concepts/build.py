@@ -18,6 +18,8 @@ import torch
 from ..sae import SparseAutoencoder
 from .classifier import calibrate, concept_scores
 from .conceptset import Concept, ConceptSet, sae_fingerprint
+from .linear import calibrate_fpr, fit_linear, pooled_codes
+from .normalize import Normalizer, as_read, vocabulary
 from .select import prompt_activations, prompt_stats, select_features
 
 
@@ -105,4 +107,95 @@ def build_concept_set(
              "keep_prompts": len(keep_prompts), "broad_edit": bool(broad_edit and others_as_keep)},
             edit_features.get(name),
         )
+    return cs
+
+
+def build_linear_concept_set(
+    sae: SparseAutoencoder,
+    source,
+    concept_prompts: Mapping[str, Sequence[str]],
+    keep_prompts: Sequence[str],
+    heldout_prompts: Mapping[str, Sequence[str]],
+    keep_heldout: Sequence[str],
+    near_misses: Mapping[str, Sequence[str]] | None = None,
+    near_misses_heldout: Mapping[str, Sequence[str]] | None = None,
+    max_fpr: float = 0.005,
+    l1: float = 3e-4,
+    others_as_keep: bool = True,
+    normalize: bool = True,
+    progress: bool = True,
+) -> ConceptSet:
+    """Concepts scored by a sparse linear read-out of their features (:mod:`.linear`).
+
+    Per concept: the weights are fitted on ``concept_prompts[name]`` against ``keep_prompts``,
+    its ``near_misses`` and (with ``others_as_keep``) the other concepts' prompts; the threshold
+    is the lowest that keeps the false-positive rate of each held-out group (``keep_heldout``,
+    ``near_misses_heldout[name]``, the other concepts' ``heldout_prompts``) at most ``max_fpr``.
+    Every held-out prompt is scored as the eraser scores it: the higher of its own score and
+    its normal form's (with ``normalize``; the vocabulary is each concept's marking words).
+    ``calibration`` records the held-out recall and each group's false-positive rate.
+    """
+    from tqdm.auto import tqdm
+
+    missing = sorted(set(concept_prompts) - set(heldout_prompts))
+    if missing:
+        raise ValueError(f"concepts {missing} have no held-out prompts to calibrate on")
+    names = list(concept_prompts)
+    near_misses, near_misses_heldout = dict(near_misses or {}), dict(near_misses_heldout or {})
+    vocab = {n: vocabulary(concept_prompts[n], [*keep_prompts, *near_misses.get(n, ()),
+                                                 *(p for o in names if o != n for p in concept_prompts[o])])
+             for n in names}
+    normalizer = Normalizer(w for ws in vocab.values() for w in ws) if normalize else None
+
+    def codes(prompts):
+        return pooled_codes(sae, source, list(prompts)) if prompts else torch.zeros(0, sae.n_latents).to_sparse()
+
+    bar = tqdm(total=2 * len(names) + 2, desc="build concepts", disable=not progress, unit="step")
+    keep = codes(keep_prompts)
+    own = {n: codes(concept_prompts[n]) for n in names}
+    near = {n: codes(near_misses.get(n, ())) for n in names}
+    bar.update(1)
+    fits = {}
+    for n in names:
+        negatives = [keep, near[n], *([own[o] for o in names if o != n] if others_as_keep else [])]
+        fits[n] = fit_linear(own[n], torch.cat([x.to_dense() for x in negatives]).to_sparse(), l1=l1)
+        bar.update(1)
+
+    def read(prompts):  # per fit, the eraser's score: own form and normal form, the higher
+        prompts = list(prompts)
+        if not prompts:
+            return {n: torch.zeros(0) for n in names}
+        raw = codes(prompts)
+        scores = {n: f.score(raw) for n, f in fits.items()}
+        if normalizer is not None:
+            read_as = as_read(source.tokenizer, prompts)
+            normal = [normalizer(t) for t in read_as]
+            changed = [i for i, (a, b) in enumerate(zip(read_as, normal)) if a != b]
+            if changed:
+                alt = codes([normal[i] for i in changed])
+                for n, f in fits.items():
+                    scores[n][changed] = torch.maximum(scores[n][changed], f.score(alt))
+        return scores
+
+    held = {n: read(heldout_prompts[n]) for n in names}
+    keep_held = read(keep_heldout)
+    bar.update(1)
+    hook = getattr(source, "hook", None) or sae.cfg.hook
+    cs = ConceptSet(hook, sae_fingerprint(sae), sae.n_latents, {}, "linear")
+    for n in names:
+        groups = {"keep": keep_held[n], "near_misses": read(near_misses_heldout.get(n, ()))[n]}
+        if others_as_keep:
+            groups["other_concepts"] = torch.cat([held[o][n] for o in names if o != n] or [torch.zeros(0)])
+        cal = calibrate_fpr(held[n][n], groups, max_fpr)
+        cal["heldout_prompts"] = len(heldout_prompts[n])
+        fit = fits[n]
+        cs.concepts[n] = Concept(
+            n, fit.features, fit.weights, cal["threshold"], cal,
+            {"method": "linear", "l1": l1, "max_fpr": max_fpr, "prompts": len(concept_prompts[n]),
+             "keep_prompts": len(keep_prompts), "near_misses": len(near_misses.get(n, ())),
+             "others_as_keep": others_as_keep, "normalize": normalize},
+            edit_features=sorted(fit.positive), weights=fit.weights, bias=fit.bias, vocabulary=vocab[n],
+        )
+        bar.update(1)
+    bar.close()
     return cs

@@ -5,7 +5,11 @@ A concept's score of a prompt is computed from the SAE code of the hooked activa
 
 * ``itd`` — how far the reconstruction moves when the concept's features are deactivated,
   relative to the token's norm: ``max_t ||sum_{f in F} z_tf W_dec[f]|| / ||h_t||``;
-* ``share`` — the concept's share of the token's code mass: ``max_t sum_F z_tf / sum_all z_t``.
+* ``share`` — the concept's share of the token's code mass: ``max_t sum_F z_tf / sum_all z_t``;
+* ``linear`` — a sparse linear read-out of the features: ``b + sum_{f in F} w_f log(1 + max_t |z_tf|)``,
+  the weights fitted on example prompts against other concepts', near misses and generic
+  prompts (:mod:`visionsae.concepts.linear`); a weight may be negative (a feature that speaks
+  against the concept, e.g. "heel" for sneaker).
 
 A prompt carries the concept when its score reaches the concept's threshold, calibrated on
 held-out concept prompts to a target recall (:func:`calibrate`).
@@ -23,12 +27,14 @@ from ..errors import UsageError
 from ..sae import SparseAutoencoder, SparseCode
 from .conceptset import ConceptSet, feature_union
 
-SCORES = ("itd", "share")
+SCORES = ("itd", "share", "linear")
 
 
 def concept_scores(sae: SparseAutoencoder, h: torch.Tensor, code: SparseCode, features: Sequence[torch.Tensor],
-                   kind: str = "itd", skip_first: bool = True) -> torch.Tensor:
-    """Scores ``[B, C]`` of ``C`` concepts (each a tensor of feature ids) for inputs ``h [B, T, d]``."""
+                   kind: str = "itd", skip_first: bool = True, weights: Sequence[torch.Tensor] | None = None,
+                   biases: Sequence[float] | None = None) -> torch.Tensor:
+    """Scores ``[B, C]`` of ``C`` concepts (each a tensor of feature ids) for inputs ``h [B, T, d]``;
+    ``kind="linear"`` also needs each concept's ``weights`` (one per id) and ``biases``."""
     if kind not in SCORES:
         raise ValueError(f"unknown concept score {kind!r}; expected one of {SCORES}")
     values, indices = code
@@ -36,6 +42,22 @@ def concept_scores(sae: SparseAutoencoder, h: torch.Tensor, code: SparseCode, fe
         h, values, indices = h[:, 1:], values[:, 1:], indices[:, 1:]
     B, T, w = values.shape
     out = torch.zeros(B, len(features))
+    if kind == "linear":
+        if weights is None or biases is None:
+            raise ValueError("the linear concept score needs each concept's weights and bias")
+        # each read latent's max |value| over the tokens: [B, U] (never a dense [B, n_latents])
+        ids = torch.cat([f.reshape(-1) for f in features]).unique().to(indices.device)  # [U], sorted
+        U = ids.numel()
+        slot = torch.searchsorted(ids, indices.contiguous())  # where each code index sits among the ids
+        hit = (slot < U) & (ids[slot.clamp_max(max(U - 1, 0))] == indices)
+        slot = torch.where(hit, slot, torch.full_like(slot, U)).reshape(B, -1)  # misses into an extra column
+        pooled = torch.zeros(B, U + 1, dtype=torch.float32, device=values.device)
+        pooled.scatter_reduce_(1, slot, values.abs().float().reshape(B, -1), reduce="amax")
+        pooled = torch.log1p(pooled[:, :U]).cpu()
+        ids = ids.cpu()
+        for c, (f, wt, b) in enumerate(zip(features, weights, biases)):
+            out[:, c] = pooled[:, torch.searchsorted(ids, f.cpu())] @ wt.float().cpu() + float(b)
+        return out
     for c, ids in enumerate(features):
         match = torch.isin(indices, ids.to(indices.device))
         chosen = values * match  # [B, T, w]
@@ -111,6 +133,8 @@ class ConceptClassifier:
         self.skip_first = skip_first
         self.feature_ids = feature_union(concepts, self.names, edit=True)  # [F]: what an edit changes
         self._groups = [torch.tensor(concepts[n].features, dtype=torch.long) for n in self.names]
+        self._weights = [torch.tensor(concepts[n].weights or [], dtype=torch.float32) for n in self.names]
+        self._biases = [float(concepts[n].bias) for n in self.names]
         self._thresholds = torch.tensor([concepts[n].threshold for n in self.names])
         # [C, F]: which edit features belong to each concept
         erased = [torch.tensor(concepts[n].erased, dtype=torch.long) for n in self.names]
@@ -118,7 +142,8 @@ class ConceptClassifier:
         self.decisions: list[dict[str, dict[str, float | bool]]] = []
 
     def scores(self, h: torch.Tensor, code: SparseCode) -> torch.Tensor:
-        return concept_scores(self.sae, h, code, self._groups, self.concepts.score, self.skip_first)
+        return concept_scores(self.sae, h, code, self._groups, self.concepts.score, self.skip_first,
+                              self._weights, self._biases)
 
     @torch.no_grad()
     def classify(self, h: torch.Tensor, code: SparseCode | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,7 +19,7 @@ from ..errors import UsageError
 from ..sae import SparseAutoencoder
 from ..sae.io import atomic_write_bytes
 
-CONCEPTSET_VERSION = 1
+CONCEPTSET_VERSION = 2  # 2: score 'linear' (weights, bias) and vocabularies
 
 
 def sae_fingerprint(sae: SparseAutoencoder) -> str:
@@ -58,6 +58,14 @@ class Concept:
     """Latent ids to deactivate when the concept is erased (None: ``features``). May be broader
     than the classifier's features: features the concept shares with related concepts carry it
     too ("footwear" for sneaker), although they cannot tell the concepts apart."""
+    weights: list[float] | None = None
+    """Score ``linear``: the weight of each of ``features`` (same order; negative weights are
+    features that speak against the concept)."""
+    bias: float = 0.0
+    """Score ``linear``: the bias of the concept's score."""
+    vocabulary: list[str] = field(default_factory=list)
+    """Words that mark the concept's prompts; the eraser reads misspellings of them as these
+    words in a prompt's normal form (:mod:`visionsae.concepts.normalize`)."""
 
     @property
     def erased(self) -> list[int]:

@@ -75,7 +75,7 @@ def vocabulary(concept_prompts: Sequence[str], keep_prompts: Sequence[str] = (),
     pos, neg = doc_counts(concept_prompts), doc_counts(keep_prompts)
     n_pos, n_neg = max(1, len(concept_prompts)), max(1, len(keep_prompts))
     words = [w for w, c in pos.items() if c >= min_count and len(w) >= 3 and w not in STOPWORDS and w.isalpha()
-             and (c / n_pos) >= min_ratio * (neg.get(w, 0) + 1) / (n_neg + 1)]
+             and (c / n_pos) >= min_ratio * neg.get(w, 0) / n_neg]
     return sorted(words)
 
 
@@ -118,3 +118,11 @@ class Normalizer:
         """The normal form of ``text`` (folded, joined, leet read, words corrected)."""
         folded = join_spelled(fold_characters(text))
         return _WORD.sub(lambda m: self.correct(fold_leet(m.group(0))), folded)
+
+
+def as_read(tokenizer, prompts: Sequence[str]) -> list[str]:
+    """``prompts`` as the text encoder reads them: their token ids decoded (lower case, accents
+    stripped, cut to the tokenizer's length, as the tokenizer does). The eraser normalises this
+    text, so a concept set is calibrated on the same."""
+    ids = tokenizer(list(prompts), truncation=True, max_length=tokenizer.model_max_length).input_ids
+    return tokenizer.batch_decode(ids, skip_special_tokens=True)

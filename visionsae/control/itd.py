@@ -5,17 +5,32 @@ same code); for a flagged prompt only, the flagged concepts' features are deacti
 the tokens where they fire, the SAE's reconstruction error kept. A prompt that carries no
 target concept passes through bit-identical. It is one :class:`FeatureEdit` gated by a
 :class:`ConceptClassifier`.
+
+A second gate reads each prompt's *normal form* (:mod:`visionsae.concepts.normalize`:
+homoglyphs, spelled-out letters, leetspeak and misspellings of the concepts' words read as
+those words). When a prompt's own activations do not carry a concept but its normal form's
+do, the encoder is given the normal form for that prompt, and the concept is erased from it:
+"a photo of a snaeker" is drawn as "a photo of a sneaker" would be with sneakers erased.
+The gate needs the encoder's tokenizer (``tokenizer=``); prompts whose normal form is their
+own text cost nothing.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
+import torch
 from torch import nn
 
 from ..concepts import ConceptClassifier, ConceptSet
+from ..concepts.normalize import Normalizer
 from ..sae import SparseAutoencoder
+from ..sources.base import output_tensor
 from .edit import EditSpec, FeatureEdit
+
+
+class _Stop(Exception):
+    """Raised by a capture hook to end a forward pass once the hooked layer has run."""
 
 
 class ItDEraser:
@@ -23,7 +38,9 @@ class ItDEraser:
 
     ``mode`` / ``value``: how to deactivate (``zero``; ``scale`` by a negative ``value``
     pushes the features the other way). The hook point is ``hook``, else the concept set's,
-    else the SAE's. Attach with :meth:`attach` or ``with eraser:``; ``enabled`` toggles it.
+    else the SAE's. With ``tokenizer`` (the encoder's) and concepts that have vocabularies,
+    prompts are also classified in their normal form (``normalize=False`` switches that off).
+    Attach with :meth:`attach` or ``with eraser:``; ``enabled`` toggles it.
     """
 
     def __init__(
@@ -36,25 +53,35 @@ class ItDEraser:
         mode: str = "zero",
         value: float = 0.0,
         keep_error: bool = True,
+        tokenizer: Any = None,
+        normalize: bool = True,
     ) -> None:
         hook = hook or concepts.hook or sae.cfg.hook
         if not hook:
             raise ValueError("no hook point: pass hook=..., or use an SAE / concept set that records one")
         self.classifier = ConceptClassifier(sae, concepts, names)
         spec = EditSpec(self.classifier.feature_ids.tolist(), mode=mode, value=value, tokens="active", keep_error=keep_error)
-        self.edit = FeatureEdit(text_encoder, hook, sae, spec, gate=self.classifier.gate)
+        self.edit = FeatureEdit(text_encoder, hook, sae, spec, gate=self._gate)
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        words = sorted({w for n in self.classifier.names for w in concepts[n].vocabulary})
+        self.normalizer = Normalizer(words) if (normalize and tokenizer is not None and words) else None
         self._settings = {"names": list(self.classifier.names), "hook": hook, "mode": mode, "value": float(value),
-                          "keep_error": bool(keep_error)}
+                          "keep_error": bool(keep_error), "normalize": bool(normalize)}
+        self._pre_handle = None
+        self._reading = False  # inside the normal-form gate's own encoder call
+        self._read_as: dict[int, str] = {}  # rows of the coming forward given in their normal form
 
     def settings(self) -> dict:
         """The constructor's settings as JSON-able values (names resolved, hook found), so that
-        ``ItDEraser.from_settings(encoder, sae, concepts, eraser.settings())`` rebuilds it."""
+        ``ItDEraser.from_settings(encoder, sae, concepts, eraser.settings(), tokenizer)`` rebuilds it."""
         return dict(self._settings, names=list(self._settings["names"]))
 
     @classmethod
-    def from_settings(cls, text_encoder: nn.Module, sae: SparseAutoencoder, concepts: ConceptSet, settings: dict) -> "ItDEraser":
+    def from_settings(cls, text_encoder: nn.Module, sae: SparseAutoencoder, concepts: ConceptSet, settings: dict,
+                      tokenizer: Any = None) -> "ItDEraser":
         """The eraser that :meth:`settings` describes, on ``text_encoder`` with ``sae`` and ``concepts``."""
-        return cls(text_encoder, sae, concepts, **settings)
+        return cls(text_encoder, sae, concepts, tokenizer=tokenizer, **settings)
 
     @property
     def names(self) -> list[str]:
@@ -70,10 +97,15 @@ class ItDEraser:
 
     def attach(self) -> "ItDEraser":
         self.edit.attach()
+        if self.normalizer is not None and self._pre_handle is None:
+            self._pre_handle = self.text_encoder.register_forward_pre_hook(self._normal_form_gate, with_kwargs=True)
         return self
 
     def detach(self) -> None:
         self.edit.detach()
+        if self._pre_handle is not None:
+            self._pre_handle.remove()
+            self._pre_handle = None
 
     def __enter__(self) -> "ItDEraser":
         return self.attach()
@@ -82,6 +114,78 @@ class ItDEraser:
         self.detach()
 
     def pop_decisions(self) -> list[dict]:
-        """Decisions recorded since the last call (one dict per prompt encoded)."""
+        """Decisions recorded since the last call (one dict per prompt encoded); a prompt read
+        in its normal form has it under ``"read_as"``."""
         out, self.classifier.decisions = self.classifier.decisions, []
         return out
+
+    # ------------------------------------------------------------------ gates
+    def _gate(self, h: torch.Tensor, code) -> torch.Tensor:
+        first = len(self.classifier.decisions)
+        out = self.classifier.gate(h, code)
+        for row, text in self._read_as.items():
+            if first + row < len(self.classifier.decisions):
+                self.classifier.decisions[first + row]["read_as"] = text
+        self._read_as = {}
+        return out
+
+    def _normal_form_gate(self, module: nn.Module, args: tuple, kwargs: dict):
+        """Before the encoder runs: give it the normal form of every prompt whose normal form
+        (but not necessarily its own text) carries a concept."""
+        if self._reading:
+            return None
+        self._read_as = {}
+        if not self.edit.enabled:
+            return None
+        positional = bool(args)
+        ids = args[0] if positional else kwargs.get("input_ids")
+        if not isinstance(ids, torch.Tensor) or ids.ndim != 2:
+            return None  # called with embeddings: nothing to read
+        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        normal = [self.normalizer(t) for t in texts]
+        changed = [i for i, (a, b) in enumerate(zip(texts, normal)) if a != b]
+        if not changed:
+            return None
+        enc = self.tokenizer([normal[i] for i in changed], padding="max_length", max_length=ids.shape[1],
+                             truncation=True, return_tensors="pt")
+        new_ids = enc.input_ids.to(ids.device)
+        mask = kwargs.get("attention_mask")
+        new_mask = enc.attention_mask.to(mask.device, mask.dtype) if isinstance(mask, torch.Tensor) else None
+        flagged = self._flags(new_ids, new_mask).any(-1)
+        take = [j for j, f in enumerate(flagged.tolist()) if f]
+        if not take:
+            return None
+        rows = torch.tensor([changed[j] for j in take], device=ids.device)
+        ids = ids.clone()
+        ids[rows] = new_ids[take]
+        if new_mask is not None:
+            kwargs = dict(kwargs, attention_mask=mask.clone().index_put_((rows,), new_mask[take]))
+        self._read_as = {changed[j]: normal[changed[j]] for j in take}
+        if positional:
+            return (ids, *args[1:]), kwargs
+        return args, dict(kwargs, input_ids=ids)
+
+    @torch.no_grad()
+    def _flags(self, ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Which concepts the prompts ``ids`` carry ``[B, C]``: the encoder run up to the hooked
+        layer, its activations classified (nothing recorded, nothing edited)."""
+        captured: dict[str, torch.Tensor] = {}
+
+        def grab(module, inputs, output):
+            captured["h"] = output_tensor(output)
+            raise _Stop
+
+        handle = self.edit.module.register_forward_hook(grab)
+        self.edit.enabled, self._reading = False, True
+        try:
+            kwargs = {} if attention_mask is None else {"attention_mask": attention_mask}
+            self.text_encoder(ids, **kwargs)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+            self.edit.enabled, self._reading = True, False
+        h = captured["h"]
+        h3 = h[:, None, :] if h.ndim == 2 else h
+        _, flagged = self.classifier.classify(h3.to(self.edit.sae.W_enc.dtype))
+        return flagged

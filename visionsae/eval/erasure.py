@@ -1,22 +1,28 @@
-"""ItD erasure on the zoo, measured: ``visionsae eval erasure`` (JSON + a before/after PNG).
+"""ItD erasure on the zoo, measured out of sample: ``visionsae eval erasure`` (JSON + PNG grids).
 
-With the zoo's text SAE and class concepts (``assets/zoo/fashion-text-sae``), erase one
-class, then three at once, and generate from held-out captions of every class with the
-stock pipeline and the ItD pipeline at the same seeds. The zoo's judge scores every image:
+Every prompt comes from one family of ``visionsae.zoo.prompt_families`` (default
+``evaluate``: the family that selected no feature, set no threshold and chose no strength;
+``calibrate`` is where the zoo's edit strength was chosen). With the zoo's text SAE and class
+concepts (``assets/zoo/fashion-text-sae``), erase one class, then three at once, and generate
+every class's prompts of the family, and the erased classes' near misses, with the stock and
+the ItD pipeline at the same seeds. The zoo's judge scores every image:
 
-* accuracy on the erased classes' prompts (should fall to <= 10%),
-* accuracy on the other classes' prompts, and its drop (should be <= 3 points),
-* how many non-target prompts gave pixel-identical images to the stock pipeline,
-* the classifier's recall / precision on held-out templates, misspellings, descriptions
-  that avoid the class word, and the class word buried in an unrelated prompt,
-* added latency per image (same run), and the SAE step's peak extra memory.
+* the erased classes' prompts: flagged, drawn as the erased class by the stock and by the ItD
+  pipeline (counted where the stock pipeline draws it), per kind of prompt (other names,
+  basic forms, misspellings, descriptions without the class word, long scenes);
+* the other classes' prompts and the near misses: falsely flagged, pixel-identical to the
+  stock image, judge accuracy before and after;
+* the classifier alone (no images) on all ten classes: recall per kind, false flags on other
+  classes' prompts, near misses and generic prompts of the family;
+* added latency per image (same run, alternating batches) and the SAE step's peak memory.
+
+The JSON says which family each figure is from.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import random
 import subprocess
 import sys
 import time
@@ -27,42 +33,6 @@ import numpy as np
 import torch
 
 DEFAULT_SETS = ("sneaker", "sneaker,bag,trouser")
-
-
-def misspell(text: str, word: str, seed: int) -> str:
-    """``text`` with one typo (two adjacent letters swapped) in ``word``."""
-    if word not in text or len(word) < 3:
-        return text
-    rng = random.Random(f"{seed}-{word}")
-    i = rng.randrange(1, len(word) - 1)
-    typo = word[:i - 1] + word[i] + word[i - 1] + word[i + 1:] if i > 0 else word
-    return text.replace(word, typo, 1)
-
-
-BURY = (
-    "a sunny afternoon in the park with {} next to the bench",
-    "my friend left {} on the kitchen table yesterday",
-    "a busy street market where someone sells {} and fruit",
-)
-
-
-def probe_prompts(label: int, seed: int = 0) -> dict[str, list[str]]:
-    """Held-out phrasings of class ``label`` by kind (what the classifier must catch)."""
-    from ..zoo.captions import HELDOUT_DESCRIPTIONS, HELDOUT_TEMPLATES, SYNONYMS
-
-    nouns = SYNONYMS[label]
-    templates = [t.format(n) for t in HELDOUT_TEMPLATES for n in nouns[:3]]
-    misspelt = []
-    for t in HELDOUT_TEMPLATES[:4]:
-        noun = nouns[0]
-        word = max(noun.split(), key=len)
-        misspelt.append(misspell(t.format(noun), word, seed))
-    return {
-        "heldout_templates": templates,
-        "misspellings": misspelt,
-        "descriptions": list(HELDOUT_DESCRIPTIONS[label]),
-        "buried": [b.format(nouns[0]) for b in BURY],
-    }
 
 
 def _generate(pipe, prompts: Sequence[str], seeds: Sequence[int], settings: dict, batch: int = 16):
@@ -146,25 +116,92 @@ def _timed(pipe, prompts, seeds, settings) -> tuple[np.ndarray, list, float]:
     return images, decisions, time.perf_counter() - t0
 
 
-def evaluate(erase_sets: Sequence[Sequence[str]] = tuple(s.split(",") for s in DEFAULT_SETS), per_class: int = 50,
-             out_dir: str | Path = "runs/eval-erasure", seed: int = 0, memory_probe: bool = True,
-             mode: str | None = None, value: float | None = None, batch: int = 16, progress: bool = True) -> dict:
-    """Erase each set of ``erase_sets`` in turn and measure it (see the module docstring).
+def family_rows(family: str, per_kind: int | None = None, seed: int = 0) -> list[dict]:
+    """Every positive prompt of every class in ``family`` and every near miss, as rows
+    ``{"prompt", "label", "kind"}`` (near misses: ``kind="near_misses"``, ``label`` the class
+    they are near). ``per_kind`` caps each class's prompts of a kind (a seeded sample)."""
+    import random
 
-    Stock and ItD batches alternate, so both see the same machine load; the added latency
-    is the ratio of their summed times, and the median over batch pairs of their ratio. ``mode`` / ``value`` default to the zoo's.
+    from ..zoo.captions import NUM_CLASSES
+    from ..zoo.prompt_families import concept_prompts, near_miss_prompts
+
+    rows = []
+    for c in range(NUM_CLASSES):
+        kinds = dict(concept_prompts(c, family), near_misses=near_miss_prompts(c, family))
+        for kind, prompts in kinds.items():
+            if per_kind is not None and len(prompts) > per_kind:
+                prompts = random.Random(f"{seed}-{family}-{c}-{kind}").sample(prompts, per_kind)
+            rows += [{"prompt": p, "label": c, "kind": kind} for p in prompts]
+    return rows
+
+
+def classifier_report(stock, sae, concepts, family: str, seed: int = 0, n_generic: int = 1000) -> dict:
+    """The ItD classifier as the pipeline runs it (both gates), every class, no images."""
+    from ..control.itd import ItDEraser
+    from ..zoo.captions import CLASS_NAMES
+    from ..zoo.prompt_families import KINDS, generic_prompts
+
+    rows = family_rows(family, seed=seed)
+    generic = generic_prompts(family, n_generic, seed=seed)
+    prompts = [r["prompt"] for r in rows] + generic
+    eraser = ItDEraser(stock.text_encoder, sae, concepts, tokenizer=stock.tokenizer)
+    flags = []
+    with eraser, torch.no_grad():
+        for i in range(0, len(prompts), 64):
+            ids = stock.tokenizer(prompts[i : i + 64], padding="max_length", max_length=stock.tokenizer.model_max_length,
+                                  truncation=True, return_tensors="pt").input_ids
+            stock.text_encoder(ids)
+            flags += [[d[n]["flagged"] for n in eraser.names] for d in eraser.pop_decisions()]
+    flags = np.array(flags)  # [P, C] in eraser.names order == CLASS_NAMES order
+    label = np.array([r["label"] for r in rows])
+    kind = np.array([r["kind"] for r in rows])
+    pos = np.isin(kind, KINDS)
+    n = len(rows)
+    out: dict = {"family": family, "per_class": {}, "recall": {}, "misses": []}
+    for k in KINDS:
+        m = kind == k
+        out["recall"][k] = float(flags[:n][np.flatnonzero(m), label[m]].mean())
+    for c, name in enumerate(CLASS_NAMES):
+        own, other, near = pos & (label == c), pos & (label != c), (kind == "near_misses") & (label == c)
+        out["per_class"][name] = {
+            "recall": {k: float(flags[:n][own & (kind == k), c].mean()) for k in KINDS},
+            "false_flags_other_classes": float(flags[:n][other, c].mean()),
+            "false_flags_near_misses": float(flags[:n][near, c].mean()),
+            "false_flags_generic": float(flags[n:, c].mean()),
+            "near_misses_flagged": [rows[i]["prompt"] for i in np.flatnonzero(near & flags[:n, c])],
+        }
+        out["misses"] += [{"class": name, "kind": rows[i]["kind"], "prompt": rows[i]["prompt"]}
+                          for i in np.flatnonzero(own & ~flags[:n, c])]
+    per = out["per_class"].values()
+    out["false_flags_other_classes"] = float(np.mean([p["false_flags_other_classes"] for p in per]))
+    out["false_flags_near_misses"] = float(np.mean([p["false_flags_near_misses"] for p in per]))
+    out["false_flags_generic"] = float(np.mean([p["false_flags_generic"] for p in per]))
+    out["counts"] = {"prompts": n, "generic": len(generic)}
+    return out
+
+
+def evaluate(erase_sets: Sequence[Sequence[str]] = tuple(s.split(",") for s in DEFAULT_SETS), family: str = "evaluate",
+             per_kind: int | None = None, out_dir: str | Path = "runs/eval-erasure", seed: int = 0, memory_probe: bool = True,
+             mode: str | None = None, value: float | None = None, batch: int = 16, progress: bool = True) -> dict:
+    """Erase each set of ``erase_sets`` in turn and measure it on ``family`` (see the module docstring).
+
+    Stock and ItD batches alternate, so both see the same machine load; the added latency is
+    the ratio of their summed times, and the median over batch pairs of their ratio.
+    ``mode`` / ``value`` default to the zoo's.
     """
     from tqdm import tqdm
 
     from visionsae.pipelines.itd import ItDStableDiffusionPipeline
 
-    from ..concepts import ConceptClassifier, ConceptSet
-    from ..concepts.build import score_prompts
+    from ..concepts import ConceptSet
     from ..sae import SparseAutoencoder
-    from ..zoo import CLASS_NAMES, NUM_CLASSES, load_fashion_judge, load_fashion_pipeline, zoo_dir
-    from ..zoo.captions import sample_prompts
-    from ..zoo.text_sae import ERASE_MODE, ERASE_VALUE, SAE_DIR, text_source
+    from ..sae.io import atomic_write_bytes
+    from ..zoo import CLASS_NAMES, load_fashion_judge, load_fashion_pipeline, zoo_dir
+    from ..zoo.prompt_families import FAMILIES, KINDS
+    from ..zoo.text_sae import ERASE_MODE, ERASE_VALUE, SAE_DIR
 
+    if family not in FAMILIES:
+        raise ValueError(f"unknown prompt family {family!r}; expected one of {FAMILIES}")
     mode = ERASE_MODE if mode is None else mode
     value = ERASE_VALUE if value is None else value
     out_dir = Path(out_dir)
@@ -173,110 +210,99 @@ def evaluate(erase_sets: Sequence[Sequence[str]] = tuple(s.split(",") for s in D
     judge = load_fashion_judge()
     sae = SparseAutoencoder.from_pretrained(zoo_dir() / SAE_DIR)
     concepts = ConceptSet.load(zoo_dir() / SAE_DIR / "concepts.json")
-    prompts = [p for c in range(NUM_CLASSES) for p in sample_prompts(c, per_class, "heldout", seed)]
-    labels = np.repeat(np.arange(NUM_CLASSES), per_class)
-    seeds = [seed + i for i in range(len(prompts))]
     settings = dict(stock.zoo_settings)
     stock.set_progress_bar_config(disable=True)
-    _generate(stock, prompts[:2], seeds[:2], settings)  # warm-up, not timed
+    _generate(stock, ["a photo of a dog", "a photo of a cat"], [0, 1], settings)  # warm-up, not timed
 
-    base_images = None
-    report: dict = {"per_class_prompts": per_class, "edit": {"mode": mode, "value": value}, "settings": settings,
-                    "runs": []}
+    report: dict = {"family": family, "split": f"every figure is from the {family!r} prompt family", "edit": {"mode": mode, "value": value},
+                    "settings": settings, "runs": []}
+    rows_all = family_rows(family, per_kind, seed)
+    base: dict[str, np.ndarray] = {}  # prompt -> stock image (seeded by position among the rows)
     for names in erase_sets:
         names = list(names)
+        erased = [CLASS_NAMES.index(n) for n in names]
+        # the erased classes' near misses; every class's positive prompts
+        rows = [r for r in rows_all if r["kind"] != "near_misses" or r["label"] in erased]
+        prompts = [r["prompt"] for r in rows]
+        seeds = [seed + rows_all.index(r) for r in rows]
         itd = ItDStableDiffusionPipeline.wrap(stock, sae, concepts, names, mode=mode, value=value)
         itd.set_progress_bar_config(disable=True)
-        stock_parts, itd_parts, decisions = [], [], []
+        stock_parts, itd_parts, decisions, ratios = [], [], [], []
         stock_seconds = itd_seconds = 0.0
-        batch_ratios = []  # itd / stock time of each batch pair (robust to load that comes and goes)
-        starts = range(0, len(prompts), batch)
-        for n, i in enumerate(tqdm(starts, desc=f"erase {'+'.join(names)}", disable=not progress)):
+        for n, i in enumerate(tqdm(range(0, len(prompts), batch), desc=f"erase {'+'.join(names)}", disable=not progress)):
             p, s = prompts[i : i + batch], seeds[i : i + batch]
-            # alternate which pipeline goes first, so neither always runs on a warmer cache
-            order = ("stock", "itd") if n % 2 == 0 else ("itd", "stock")
             pair = {}
-            for which in order:
+            for which in (("stock", "itd") if n % 2 == 0 else ("itd", "stock")):  # neither always first
+                imgs, dec, sec = _timed(stock if which == "stock" else itd, p, s, settings)
+                pair[which] = sec
                 if which == "stock":
-                    imgs, _, sec = _timed(stock, p, s, settings)
                     stock_parts.append(imgs)
                     stock_seconds += sec
-                    pair["stock"] = sec
                 else:
-                    imgs, dec, sec = _timed(itd, p, s, settings)
                     itd_parts.append(imgs)
                     decisions += dec
                     itd_seconds += sec
-                    pair["itd"] = sec
-            batch_ratios.append(pair["itd"] / pair["stock"])
+            ratios.append(pair["itd"] / pair["stock"])
         stock_images, images = np.concatenate(stock_parts), np.concatenate(itd_parts)
-        if base_images is None:
-            base_images = stock_images
-            base_pred = judge.predict(nchw(base_images)).cpu().numpy()
-            report["stock_accuracy"] = float((base_pred == labels).mean())
-        stock_repeatable = bool((stock_images == base_images).all())
-        pred = judge.predict(nchw(images)).cpu().numpy()
-        target = np.isin(labels, [CLASS_NAMES.index(n) for n in names])
-        flagged = np.array([any(d[n]["flagged"] for n in names) for d in decisions])
-        identical = np.array([(images[i] == base_images[i]).all() for i in range(len(prompts))])
-        per_class_acc = {CLASS_NAMES[c]: {"stock": float((base_pred[labels == c] == c).mean()),
-                                          "erased": float((pred[labels == c] == c).mean())} for c in range(NUM_CLASSES)}
-        erased_as = {CLASS_NAMES[c]: int((pred[target] == c).sum()) for c in range(NUM_CLASSES) if (pred[target] == c).any()}
+        repeatable = all(np.array_equal(base[p], im) for p, im in zip(prompts, stock_images) if p in base)
+        base.update(zip(prompts, stock_images))
+        before = judge.predict(nchw(stock_images)).cpu().numpy()
+        after = judge.predict(nchw(images)).cpu().numpy()
+        label = np.array([r["label"] for r in rows])
+        kind = np.array([r["kind"] for r in rows])
+        flagged = np.array([any(d[m]["flagged"] for m in names) for d in decisions])
+        identical = np.array([np.array_equal(a, b) for a, b in zip(images, stock_images)])
+        target = np.isin(label, erased) & np.isin(kind, KINDS)
+        other = ~np.isin(label, erased) & np.isin(kind, KINDS)
+        near = kind == "near_misses"
+        drawn = target & (before == label)  # the stock pipeline draws the erased class
         run = {
-            "erased": names,
-            "target_accuracy_stock": float((base_pred[target] == labels[target]).mean()),
-            "target_accuracy_erased": float((pred[target] == labels[target]).mean()),
-            "target_images_judged_as": erased_as,
-            "other_accuracy_stock": float((base_pred[~target] == labels[~target]).mean()),
-            "other_accuracy_erased": float((pred[~target] == labels[~target]).mean()),
-            "target_prompts_flagged": float(flagged[target].mean()),
-            "other_prompts_flagged": float(flagged[~target].mean()),
-            "other_prompts_pixel_identical": float(identical[~target].mean()),
+            "erased": names, "family": family, "prompts": len(prompts),
+            "target_prompts": int(target.sum()),
+            "target_drawn_by_stock": float(drawn.sum() / max(1, target.sum())),
+            "target_flagged": float(flagged[target].mean()),
+            "target_flagged_by_kind": {k: float(flagged[target & (kind == k)].mean()) for k in KINDS},
+            # of the prompts the stock pipeline draws as the erased class, how many ItD still does
+            "still_drawn_as_erased": float((after[drawn] == label[drawn]).mean()) if drawn.any() else None,
+            "still_drawn_as_erased_by_kind": {k: float((after[drawn & (kind == k)] == label[drawn & (kind == k)]).mean())
+                                              if (drawn & (kind == k)).any() else None for k in KINDS},
+            "flagged_still_drawn_as_erased": float((after[drawn & flagged] == label[drawn & flagged]).mean())
+            if (drawn & flagged).any() else None,
+            "erased_images_judged_as": {CLASS_NAMES[c]: int((after[drawn] == c).sum()) for c in np.unique(after[drawn])},
+            "other_prompts_flagged": float(flagged[other].mean()),
+            "near_misses_flagged": float(flagged[near].mean()) if near.any() else None,
+            "near_misses_flagged_prompts": [prompts[i] for i in np.flatnonzero(near & flagged)],
+            "other_prompts_pixel_identical": float(identical[other].mean()),
             "unflagged_prompts_pixel_identical": float(identical[~flagged].mean()) if (~flagged).any() else None,
-            "stock_repeatable_at_same_seed": stock_repeatable,
-            "per_class": per_class_acc,
-            "stock_seconds": stock_seconds,
-            "itd_seconds": itd_seconds,
+            "other_accuracy_stock": float((before[other] == label[other]).mean()),
+            "other_accuracy_erased": float((after[other] == label[other]).mean()),
+            "stock_repeatable_at_same_seed": bool(repeatable),
+            "stock_seconds": stock_seconds, "itd_seconds": itd_seconds,
             "added_latency": itd_seconds / stock_seconds - 1,
-            "added_latency_median_batch": float(np.median(batch_ratios)) - 1,
+            "added_latency_median_batch": float(np.median(ratios)) - 1,
+            "missed_target_prompts": [prompts[i] for i in np.flatnonzero(target & ~flagged)][:50],
         }
         run["other_accuracy_drop_points"] = 100 * (run["other_accuracy_stock"] - run["other_accuracy_erased"])
         report["runs"].append(run)
-        shown = [int(np.flatnonzero(labels == c)[0]) for c in range(NUM_CLASSES)]
-        _grid([(base_images[i], images[i]) for i in shown], out_dir / f"erase_{'_'.join(names)}.png")
+        shown = [int(np.flatnonzero((label == c) & (kind == "nouns"))[0]) for c in range(len(CLASS_NAMES))]
+        _grid([(stock_images[i], images[i]) for i in shown], out_dir / f"erase_{'_'.join(names)}.png")
 
-    # The classifier on phrasings no selection or calibration saw.
-    classifier = ConceptClassifier(sae, concepts)
-    src = text_source(stock)
-    groups = classifier._groups
-    thresholds = classifier._thresholds
-    probes: dict = {}
-    for c in range(NUM_CLASSES):
-        for kind, ps in probe_prompts(c, seed).items():
-            scores = score_prompts(sae, src, ps, groups, concepts.score)
-            hit = scores >= thresholds  # [P, C]
-            entry = probes.setdefault(kind, {"tp": 0, "fn": 0, "fp": 0, "prompts": 0, "examples": []})
-            entry["tp"] += int(hit[:, c].sum())
-            entry["fn"] += int((~hit[:, c]).sum())
-            entry["fp"] += int(hit[:, [j for j in range(NUM_CLASSES) if j != c]].sum())
-            entry["prompts"] += len(ps)
-            if len(entry["examples"]) < 3:
-                entry["examples"].append({"prompt": ps[0], "class": CLASS_NAMES[c], "flagged": [CLASS_NAMES[j] for j in hit[0].nonzero().flatten().tolist()]})
-    for kind, e in probes.items():
-        e["recall"] = e["tp"] / max(1, e["tp"] + e["fn"])
-        e["precision"] = e["tp"] / max(1, e["tp"] + e["fp"])
-    report["classifier"] = probes
-    report["calibration"] = {n: c.calibration for n, c in concepts.concepts.items()}
+    report["classifier"] = classifier_report(stock, sae, concepts, family, seed)
+    report["calibration"] = {"family": "calibrate", **{n: c.calibration for n, c in concepts.concepts.items()}}
     if memory_probe:
         report["sae_step_memory"] = sae_memory_probe()
-    (out_dir / "erasure.json").write_text(json.dumps(report, indent=2))
+    atomic_write_bytes(out_dir / "erasure.json", json.dumps(report, indent=2).encode())
     return report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--erase", action="append", default=None,
                         help="comma-separated classes to erase together; repeat for several runs (default: sneaker, then sneaker,bag,trouser)")
-    parser.add_argument("--per-class", type=int, default=50, help="held-out prompts per class (default: 50)")
+    parser.add_argument("--family", choices=["evaluate", "calibrate"], default="evaluate",
+                        help="prompt family to measure on (default: evaluate, which chose nothing; calibrate is where the "
+                             "zoo's strength was chosen)")
+    parser.add_argument("--per-kind", type=int, default=None,
+                        help="at most this many prompts per class and kind (default: all; a seeded sample)")
     parser.add_argument("--out", default="runs/eval-erasure", help="folder for erasure.json and the PNG grids")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-memory-probe", action="store_true", help="skip the 2^19-latent memory measurement")
@@ -288,14 +314,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import UsageError
     from ..zoo import CLASS_NAMES
 
     torch.set_num_threads(args.threads)
     sets = [s.split(",") for s in (args.erase or DEFAULT_SETS)]
     unknown = sorted({n for s in sets for n in s} - set(CLASS_NAMES))
     if unknown:
-        raise ValueError(f"unknown classes {unknown}; the zoo's classes are {list(CLASS_NAMES)}")
-    report = evaluate(sets, args.per_class, args.out, args.seed, not args.no_memory_probe, args.mode, args.value,
+        raise UsageError(f"--erase: unknown classes {unknown}; the zoo's classes are {list(CLASS_NAMES)}")
+    if args.per_kind is not None and args.per_kind < 1:
+        raise UsageError(f"--per-kind must be at least 1, got {args.per_kind}")
+    report = evaluate(sets, args.family, args.per_kind, args.out, args.seed, not args.no_memory_probe, args.mode, args.value,
                       args.batch)
     print(json.dumps({k: v for k, v in report.items() if k != "calibration"}, indent=2))
     return 0

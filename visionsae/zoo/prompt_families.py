@@ -68,7 +68,7 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         "a tiny picture of {}",
         "{} photographed from above",
     ),
-    "evaluate": (
+    "seen": (
         "a clean shot of {}",
         "{} on a white background",
         "a thumbnail showing {}",
@@ -103,7 +103,7 @@ NOUNS: dict[str, tuple[tuple[str, ...], ...]] = {
         ("a backpack", "a satchel", "a clutch", "a messenger bag"),
         ("a combat boot", "a pair of booties", "a suede boot", "hiking boots"),
     ),
-    "evaluate": (
+    "seen": (
         ("a striped t-shirt", "a band tee", "a black tee", "a cropped top", "a jersey top"),
         ("denim jeans", "a pair of cargo trousers", "dress pants", "corduroy trousers", "sweatpants"),
         ("a turtleneck sweater", "a crewneck sweatshirt", "a chunky knit", "a hooded sweatshirt", "a knitted jumper"),
@@ -173,7 +173,7 @@ DESCRIPTIONS: dict[str, tuple[tuple[str, ...], ...]] = {
         ("footwear that covers the ankle with a small heel", "sturdy shoes that reach above the ankle",
          "short leather footwear with a zip for autumn", "winter footwear with a thick sole up to the ankle"),
     ),
-    "evaluate": (
+    "seen": (
         ("a short-sleeved cotton top with a band logo", "something light with short sleeves for a hot day",
          "a simple crew-neck top for the gym", "a soft top with short sleeves and no buttons",
          "a casual summer top with a round collar"),
@@ -219,7 +219,7 @@ SCENES: dict[str, tuple[str, ...]] = {
         "an old wooden shelf in a shop holding {} and some hats",
         "on a rainy morning at the bus stop i noticed {}",
     ),
-    "evaluate": (
+    "seen": (
         "a cozy living room with a sofa and {} on the floor",
         "after the long walk home she put {} by the door",
         "a window display on a busy street with {} in the middle",
@@ -256,7 +256,7 @@ NEAR_MISSES: dict[str, tuple[tuple[str, ...], ...]] = {
         ("a smartphone", "a book", "a set of keys", "a camera"),
         ("a shoelace", "a pair of leg warmers"),
     ),
-    "evaluate": (
+    "seen": (
         ("a swimsuit", "a bikini", "a baseball cap"),
         ("a pleated skirt", "a leather belt", "knee socks"),
         ("a beanie", "a knitted scarf", "a wool blanket"),
@@ -269,6 +269,84 @@ NEAR_MISSES: dict[str, tuple[tuple[str, ...], ...]] = {
         ("a ballet shoe", "a pair of tights", "a shoe box"),
     ),
 }
+
+# The first lists written for ``evaluate`` (above, "seen") were looked at while the classifier
+# was designed, so they calibrate now; ``evaluate`` holds lists written after that and read
+# only by the final measurement.
+for _table in (TEMPLATES, SCENES):
+    _table["calibrate"] = _table["calibrate"] + _table.pop("seen")
+for _table in (NOUNS, DESCRIPTIONS, NEAR_MISSES):
+    _table["calibrate"] = tuple(a + b for a, b in zip(_table["calibrate"], _table.pop("seen")))
+
+TEMPLATES["evaluate"] = (
+    "a sharp photo of {}", "an overhead shot of {}", "an image from a catalogue showing {}", "a rendered image of {}",
+    "a lookbook photo of {}", "{} in soft light", "{} on display", "a souvenir photo of {}",
+    "a polaroid of {}", "a mobile phone photo of {}", "an instagram post of {}", "a faded photo of {}",
+    "a monochrome image of {}", "a sample photo of {}", "a flat lay of {}", "a front view of {}",
+)
+NOUNS["evaluate"] = (
+    ("a logo tee", "a ringer t-shirt", "a pocket tee", "a tie-dye t-shirt", "a raglan tee"),
+    ("wide-leg trousers", "a pair of joggers", "linen pants", "skinny jeans", "pinstripe trousers"),
+    ("a mohair sweater", "a fair isle jumper", "a v-neck pullover", "a zip-up sweatshirt", "an argyle sweater"),
+    ("a wrap dress", "a lace gown", "a prom dress", "a shift dress", "a tea dress"),
+    ("a duffle coat", "a fleece jacket", "a quilted coat", "a leather jacket", "a camel coat"),
+    ("a pair of slide sandals", "hiking sandals", "a platform sandal", "jelly sandals", "a toe-post sandal"),
+    ("a chambray shirt", "a hawaiian shirt", "a tuxedo shirt", "a western shirt", "a gingham blouse"),
+    ("a pair of running trainers", "retro sneakers", "chunky sneakers", "a cross-training shoe", "a leather sneaker"),
+    ("a drawstring bag", "a weekender bag", "a bucket bag", "a canvas tote", "a doctor bag"),
+    ("a chukka boot", "a pair of desert boots", "a lace-up ankle boot", "a platform boot", "a biker boot"),
+)
+DESCRIPTIONS["evaluate"] = (
+    ("a thin top with short sleeves from a concert merch stand", "a loose top with short sleeves to wear under a jacket",
+     "a stretchy top with short sleeves for running", "a top with short sleeves printed with a cartoon",
+     "a plain short-sleeved top in a pack of three"),
+    ("legwear with a straight cut and turn-ups", "comfortable long bottoms for a lazy sunday",
+     "smart grey legwear with pleats", "long work bottoms with many pockets", "tailored legwear that matches the jacket"),
+    ("a warm woolly top with a zigzag pattern", "a roll-neck knit for the mountains", "a cosy top knitted by grandma",
+     "a thick knit with long sleeves and a v-neck", "a fluffy long-sleeved knit for winter evenings"),
+    ("a one-piece outfit with spaghetti straps", "a long outfit with a train for a bride",
+     "a polka dot one-piece outfit with a bow", "a fitted one-piece outfit for a cocktail party",
+     "a velvet one-piece outfit for the theatre"),
+    ("a long warm layer with a double row of buttons", "outerwear with a toggle fastening",
+     "a padded layer with a furry hood for the arctic", "a smart outer layer in camel wool",
+     "a lined outer layer for a rainy autumn"),
+    ("flat footwear with a thong between the toes", "open summer footwear with cross straps",
+     "footwear with an ankle strap and an open toe", "airy footwear made of woven straps",
+     "rubber footwear for the pool with open toes"),
+    ("a top with a button placket and a stiff collar", "a long-sleeved top with french cuffs",
+     "a short-sleeved top with buttons and a camp collar", "a denim top with snap buttons",
+     "a crisp cotton top with a spread collar"),
+    ("lace-up footwear with a padded tongue for sport", "shoes with air cushioning for basketball",
+     "canvas shoes with a rubber toe cap", "footwear with a grippy sole for the gym",
+     "casual low-top footwear with white laces"),
+    ("a leather carrier with a flap and a buckle", "something to take your gym clothes in",
+     "a roomy carrier with handles for a day at the beach", "a small pouch on a long strap for a wallet and keys",
+     "a woven carrier for the farmers market"),
+    ("lace-up footwear with a rugged sole that covers the ankle", "footwear with a buckle that hugs the ankle",
+     "short black leather footwear with a heel for a night out", "padded footwear to the ankle for snowy streets",
+     "footwear with a chunky heel that ends at the ankle"),
+)
+SCENES["evaluate"] = (
+    "a small apartment where {} sits on a wooden chair",
+    "in the corner of the old shop there was {}",
+    "a child pointed at {} in the window",
+    "the tourist forgot {} at the train station",
+    "at the flea market we found {} under a table",
+)
+NEAR_MISSES["evaluate"] = (
+    ("a swimming cap", "a sweatband", "a wristband", "a pair of earrings"),
+    ("a pair of gaiters", "a tool belt", "a silk sash", "a pair of shin guards"),
+    ("a knitted toy", "a fleece throw", "a crochet doily", "a knitted tea cosy"),
+    ("a bridal veil", "a lace tablecloth", "a tiara", "a bouquet of flowers"),
+    ("a fur rug", "a pair of earmuffs", "a hot water bottle", "a fleece blanket"),
+    ("a beach umbrella", "a pool float", "a sun hat", "a foot massager"),
+    ("a button", "a sewing machine", "a pair of braces", "a clothes peg"),
+    ("a pair of brogues", "a satin mule", "a platform heel", "a pair of football boots", "a pair of deck shoes",
+     "a snowshoe"),
+    ("a walking stick", "a flashlight", "a pair of headphones", "a passport", "a tape measure", "a skateboard"),
+    ("a horseshoe", "a shoe brush", "a pair of spurs", "a stirrup"),
+)
+
 
 # Generic prompts: ImageNet classes that are neither garments, footwear nor bags (those are
 # the concepts themselves, or their near misses), split by class and by template per family.
