@@ -2,8 +2,9 @@
 
 The zoo's text-to-image model draws what its prompts ask for (its judge agrees with the
 prompted class on 98% of held-out captions); with ItD erasing a class, the judge must stop
-seeing that class in images from the class's held-out prompts, while every prompt the
-classifier does not flag gives the stock pipeline's image bit for bit.
+seeing that class in images from the class's prompts of the ``evaluate`` family (which chose
+no feature, threshold or strength), while every prompt the classifier does not flag gives the
+stock pipeline's image bit for bit.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from visionsae.pipelines.itd import ItDStableDiffusionPipeline
 from visionsae.eval.erasure import _generate, evaluate, nchw
 from visionsae.zoo import CLASS_NAMES, load_fashion_judge, load_fashion_pipeline, zoo_dir
-from visionsae.zoo.captions import sample_prompts
+from visionsae.zoo.prompt_families import concept_prompts
 from visionsae.zoo.text_sae import ERASE_MODE, ERASE_VALUE, SAE_DIR
 
 
@@ -30,8 +31,9 @@ def zoo():
 def test_erasing_sneaker_removes_it_and_leaves_other_prompts_pixel_identical(zoo):
     stock, judge = zoo
     sneaker = CLASS_NAMES.index("sneaker")
-    targets = sample_prompts(sneaker, 8, "heldout", seed=3)
-    others = [sample_prompts(c, 1, "heldout", seed=3)[0] for c in range(len(CLASS_NAMES)) if c != sneaker]
+    kinds = concept_prompts(sneaker, "evaluate")
+    targets = kinds["nouns"][::23][:3] + kinds["basic_forms"][1::7][:3] + kinds["descriptions"][:2]
+    others = [concept_prompts(c, "evaluate")["nouns"][7] for c in range(len(CLASS_NAMES)) if c != sneaker]
     prompts = targets + others
     seeds = list(range(100, 100 + len(prompts)))
     settings = dict(stock.zoo_settings)
@@ -48,7 +50,7 @@ def test_erasing_sneaker_removes_it_and_leaves_other_prompts_pixel_identical(zoo
     # the stock model draws sneakers for these prompts (otherwise the test would prove nothing)
     assert (judged_before[:n] == sneaker).sum() >= n - 1, judged_before[:n]
     assert flagged[:n].sum() >= n - 1, [(p, d["sneaker"]) for p, d in zip(targets, decisions)]
-    # erased: at most one of eight held-out sneaker prompts still drawn as a sneaker
+    # erased: at most one of eight sneaker prompts still drawn as a sneaker
     assert (judged_after[:n] == sneaker).sum() <= 1, [CLASS_NAMES[c] for c in judged_after[:n]]
     # every prompt the classifier passes gives the stock image, bit for bit
     assert (~flagged).sum() >= len(others) - 1
@@ -65,16 +67,20 @@ def test_erasing_sneaker_removes_it_and_leaves_other_prompts_pixel_identical(zoo
 
 
 def test_eval_erasure_three_classes_small_sample(tmp_path, zoo):
-    report = evaluate([["sneaker", "bag", "trouser"]], per_class=3, out_dir=tmp_path, seed=1, memory_probe=False,
+    report = evaluate([["sneaker", "bag", "trouser"]], per_kind=1, out_dir=tmp_path, seed=1, memory_probe=False,
                       progress=False)
     run = report["runs"][0]
+    assert report["family"] == run["family"] == "evaluate" and "evaluate" in report["split"]
     assert run["erased"] == ["sneaker", "bag", "trouser"]
-    assert run["target_accuracy_stock"] >= 8 / 9
-    assert run["target_accuracy_erased"] <= 1 / 9, run["target_images_judged_as"]
-    assert run["target_prompts_flagged"] >= 8 / 9
+    assert run["target_prompts"] == 15  # three classes, one prompt of each of the five kinds
+    assert run["target_drawn_by_stock"] >= 13 / 15
+    assert run["target_flagged"] >= 14 / 15, run["missed_target_prompts"]
+    assert run["still_drawn_as_erased"] <= 1 / 13, run["erased_images_judged_as"]
     assert run["unflagged_prompts_pixel_identical"] == 1.0
+    assert run["other_prompts_flagged"] <= 1 / 35
     assert run["stock_repeatable_at_same_seed"] is True
-    # the three classes' classifiers on phrasings no selection or calibration saw
-    assert report["classifier"]["heldout_templates"]["recall"] >= 0.8
+    # the classifier alone, every prompt of the family (no images)
+    assert report["classifier"]["family"] == "evaluate"
+    assert report["classifier"]["recall"]["basic_forms"] == 1.0
     assert json.loads((tmp_path / "erasure.json").read_text())["runs"][0]["erased"] == run["erased"]
     assert (tmp_path / "erase_sneaker_bag_trouser.png").stat().st_size > 0

@@ -157,8 +157,10 @@ def build_linear_concept_set(
     bar.update(1)
     fits = {}
     for n in names:
-        negatives = [keep, near[n], *([own[o] for o in names if o != n] if others_as_keep else [])]
-        fits[n] = fit_linear(own[n], torch.cat([x.to_dense() for x in negatives]).to_sparse(), l1=l1)
+        # three negative groups of equal weight: generic prompts, near misses, the other concepts
+        others = [own[o].coalesce() for o in names if o != n] if others_as_keep else []
+        negatives = [keep, near[n], *([torch.cat(others)] if others else [])]
+        fits[n] = fit_linear(own[n], negatives, l1=l1)
         bar.update(1)
 
     def read(prompts):  # per fit, the eraser's score: own form and normal form, the higher

@@ -5,9 +5,13 @@
     visionsae concepts calibrate --model zoo --sae assets/zoo/fashion-text-sae \
         --concepts concepts.json --heldout sneaker=sneaker_heldout.txt --keep-heldout keep_heldout.txt
 
-Prompt files hold one prompt per line. Without ``--heldout`` for a concept, ``build``
-holds out a seeded 25% of its prompts (and of the keep prompts) for calibration. Both print
-precision, recall, false-positive rate and AUROC on the held-out prompts.
+Prompt files hold one prompt per line. ``build`` splits every prompt file *by template*
+(prompts that share a file's frame words stay together, :mod:`visionsae.concepts.split`): 60%
+fits the features, 20% calibrates the threshold and 20% is a test split that chose nothing,
+on which it reports recall and false-positive rates, as the eraser decides them (both gates).
+With ``--heldout`` for a concept (``--keep-heldout`` for the keep prompts), the given file
+fits and the held-out file is split in calibration and test halves. ``calibrate`` re-sets the
+thresholds of a set (``itd`` / ``mean_diff`` scores) on held-out files.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ def _source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder", default="text_encoder", help="which text encoder of a pipeline (default: text_encoder)")
     p.add_argument("--sae", required=True, help="the SAE folder (its cfg.json names the hook)")
     p.add_argument("--hook", default=None, help="hook point (default: the SAE's)")
-    p.add_argument("--target-recall", type=float, default=0.95, help="recall the threshold is set to reach (default: 0.95)")
+    p.add_argument("--target-recall", type=float, default=0.95,
+                   help="recall the threshold is set to reach (itd / mean_diff methods and calibrate; default: 0.95)")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out split (default: 0)")
 
 
@@ -33,7 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--keep", required=True, metavar="FILE", help="prompts whose features must not be erased")
     b.add_argument("--heldout", action="append", default=[], metavar="NAME=FILE", help="held-out prompts of a concept (repeat)")
     b.add_argument("--keep-heldout", default=None, metavar="FILE", help="held-out keep prompts")
-    b.add_argument("--method", choices=["itd", "mean_diff"], default="itd", help="feature selection method (default: itd)")
+    b.add_argument("--near-miss", action="append", default=[], metavar="NAME=FILE",
+                   help="prompts of things like a concept but not of it (linear method; repeat); split as the others")
+    b.add_argument("--method", choices=["linear", "itd", "mean_diff"], default="linear",
+                   help="linear (default): a sparse logistic read-out of pooled SAE codes, its threshold set so that each "
+                        "negative group flags at most --max-fpr, plus a normal-form gate for misspellings; itd / mean_diff: "
+                        "feature selection and a score threshold at --target-recall")
+    b.add_argument("--max-fpr", type=float, default=0.01, help="linear method: false-positive cap per group (default: 0.01)")
     b.add_argument("--top-n", type=int, default=8, help="top latents per prompt (itd method, default: 8)")
     b.add_argument("--out", required=True, help="concept set JSON to write")
     c = sub.add_parser("calibrate", help="re-set the thresholds of a concept set on held-out prompts")
@@ -47,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def read_prompts(path: str) -> list[str]:
     from pathlib import Path
 
-    from ..errors import InputNotFoundError
+    from ..errors import InputNotFoundError, UsageError
     from ..sources.loading import read_text_lines
 
     p = Path(path)
@@ -55,36 +66,42 @@ def read_prompts(path: str) -> list[str]:
         raise InputNotFoundError(f"prompt file {p} does not exist")
     prompts = [line.strip() for line in read_text_lines(p) if line.strip()]
     if not prompts:
-        raise ValueError(f"prompt file {p} holds no prompts")
+        raise UsageError(f"prompt file {p} holds no prompts")
     return prompts
 
 
 def _pairs(items: list[str], flag: str) -> dict[str, list[str]]:
+    from ..errors import UsageError
+
     out = {}
     for item in items:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
-            raise ValueError(f"{flag} expects NAME=FILE, got {item!r}")
+            raise UsageError(f"{flag} expects NAME=FILE, got {item!r}")
         out[name] = read_prompts(path)
     return out
 
 
-def _split(prompts: list[str], seed: int, frac: float = 0.25) -> tuple[list[str], list[str]]:
-    if len(prompts) < 4:
-        raise ValueError(f"need at least 4 prompts to hold some out, got {len(prompts)}; pass --heldout")
-    order = random.Random(seed).sample(prompts, len(prompts))
-    n = max(1, int(len(order) * frac))
-    return order[n:], order[:n]
+def _split(prompts: list[str], fractions, seed: int, name: str, others) -> tuple[list[list[str]], str]:
+    """``prompts`` split by template; the template words are those the ``others`` files share."""
+    from ..errors import UsageError
+    from .split import split_by_skeleton, words_of
+
+    try:
+        return split_by_skeleton(prompts, fractions, seed, name, frame=words_of([p for ps in others for p in ps]))
+    except ValueError as e:  # too few prompts for a fit / calibration / test split
+        raise UsageError(f"{e}; give more prompts or a --heldout file") from None
 
 
 def _source(args):
+    from ..errors import UsageError
     from ..sae import SparseAutoencoder
     from ..sources.text import TextEncoderSource
 
     sae = SparseAutoencoder.from_pretrained(args.sae)
     hook = args.hook or sae.cfg.hook
     if not hook:
-        raise ValueError(f"the SAE at {args.sae} records no hook; pass --hook")
+        raise UsageError(f"the SAE at {args.sae} records no hook; pass --hook")
     if args.model == "zoo":
         from ..zoo.t2i import load_minilm_text_encoder, load_minilm_tokenizer
 
@@ -96,15 +113,45 @@ def _source(args):
 
 
 def _print(cs) -> None:
-    print(f"{'concept':24s} {'features':>8s} {'threshold':>9s} {'recall':>7s} {'precision':>9s} {'fpr':>6s} {'auroc':>6s}")
+    print(f"{'concept':24s} {'features':>8s} {'threshold':>9s} {'cal recall':>10s} {'cal fpr':>7s} "
+          f"{'test recall':>11s} {'test fpr':>8s}")
     for name, c in cs.concepts.items():
-        k = c.calibration
-        print(f"{name:24s} {len(c.features):8d} {c.threshold:9.4f} {k['recall']:7.3f} {k['precision']:9.3f} {k['fpr']:6.3f} {k['auroc']:6.3f}")
+        k, t = c.calibration, c.calibration.get("test", {})
+        fpr = max((v for key, v in k.items() if key.startswith("fpr") and isinstance(v, float)), default=float("nan"))
+        test_fpr = max((v for key, v in t.items() if key.startswith("fpr") and isinstance(v, float)), default=float("nan"))
+        print(f"{name:24s} {len(c.features):8d} {c.threshold:9.4f} {k['recall']:10.3f} {fpr:7.3f} "
+              f"{t.get('recall', float('nan')):11.3f} {test_fpr:8.3f}")
+    hows = sorted({c.calibration.get("test", {}).get("split", "") for c in cs.concepts.values()} - {""})
+    if hows:
+        print("test split: " + "; ".join(hows) + " (fpr: the highest of the groups' false-positive rates)")
+
+
+def test_report(sae, src, cs, test: dict[str, list[str]], keep_test: list[str], near_test: dict[str, list[str]],
+                how: dict[str, str]) -> None:
+    """Decide the test prompts as the eraser does and record, per concept, ``calibration["test"]``:
+    recall on its own test prompts, false-positive rates on the keep, near-miss and other
+    concepts' test prompts."""
+    from ..control.itd import ItDEraser
+
+    eraser = ItDEraser(src.model, sae, cs, tokenizer=src.tokenizer)
+    decided = {n: eraser.flag(ps) for n, ps in test.items()}
+    keep = eraser.flag(keep_test)
+    for name in cs.concepts:
+        def rate(decisions):
+            return float(sum(d[name]["flagged"] for d in decisions) / len(decisions)) if decisions else None
+
+        others = [d for o, ds in decided.items() if o != name for d in ds]
+        cs[name].calibration["test"] = {
+            "split": how[name], "keep_split": how["--keep"], "recall": rate(decided[name]), "n_positive": len(test[name]),
+            "fpr_keep": rate(keep), "n_keep": len(keep_test),
+            "fpr_other_concepts": rate(others), "n_other_concepts": len(others),
+            "fpr_near_misses": rate(eraser.flag(near_test[name])) if near_test.get(name) else None,
+        }
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import check_writable_file
-    from .build import build_concept_set, score_prompts
+    from ..errors import UsageError, check_writable_file
+    from .build import build_concept_set, build_linear_concept_set, score_prompts
     from .classifier import calibrate
     from .conceptset import ConceptSet
 
@@ -113,25 +160,57 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "build":
         concepts = _pairs(args.concept, "--concept")
         heldout = _pairs(args.heldout, "--heldout")
+        near = _pairs(args.near_miss, "--near-miss")
+        unknown = sorted((set(heldout) | set(near)) - set(concepts))
+        if unknown:
+            raise UsageError(f"--heldout / --near-miss name concepts {unknown} that no --concept gives")
+        if not 0 <= args.max_fpr < 1:
+            raise UsageError(f"--max-fpr must be in [0, 1), got {args.max_fpr}")
         keep = read_prompts(args.keep)
         keep_heldout = read_prompts(args.keep_heldout) if args.keep_heldout else None
-        if keep_heldout is None:
-            keep, keep_heldout = _split(keep, args.seed)
-        for name in list(concepts):
-            if name not in heldout:
-                concepts[name], heldout[name] = _split(concepts[name], args.seed)
-        cs = build_concept_set(sae, src, concepts, keep, heldout, keep_heldout, args.target_recall,
-                               method=args.method, top_n=args.top_n)
+
+        def others(*skip):  # the other files, whose words are the template words of this one
+            files = {**{("c", n): ps for n, ps in concepts.items()}, **{("n", n): ps for n, ps in near.items()},
+                     ("keep",): keep}
+            return [ps for k, ps in files.items() if k not in skip]
+
+        fit, cal, test, how = {}, {}, {}, {}
+        for name in concepts:
+            if name in heldout:
+                fit[name] = concepts[name]
+                (cal[name], test[name]), how[name] = _split(heldout[name], (1, 1), args.seed, f"--heldout {name}",
+                                                            others(("c", name)))
+            else:
+                (fit[name], cal[name], test[name]), how[name] = _split(concepts[name], (3, 1, 1), args.seed, name,
+                                                                       others(("c", name)))
+        if keep_heldout is not None:
+            (keep_cal, keep_test), how["--keep"] = _split(keep_heldout, (1, 1), args.seed, "--keep-heldout", others(("keep",)))
+        else:
+            (keep, keep_cal, keep_test), how["--keep"] = _split(keep, (3, 1, 1), args.seed, "--keep", others(("keep",)))
+        near_fit, near_cal, near_test = {}, {}, {}
+        for name, prompts in near.items():
+            (near_fit[name], near_cal[name], near_test[name]), _ = _split(prompts, (3, 1, 1), args.seed,
+                                                                          f"--near-miss {name}", others(("n", name)))
+        if args.method == "linear":
+            cs = build_linear_concept_set(sae, src, fit, keep, cal, keep_cal, near_misses=near_fit,
+                                          near_misses_heldout=near_cal, max_fpr=args.max_fpr)
+        else:
+            cs = build_concept_set(sae, src, fit, keep, cal, keep_cal, args.target_recall,
+                                   method=args.method, top_n=args.top_n)
+        test_report(sae, src, cs, test, keep_test, near_test, how)
         cs.save(args.out)
     else:
         import torch
 
         cs = ConceptSet.load(args.concepts)
         cs.check_sae(sae)
+        if cs.score == "linear":
+            raise UsageError(f"{args.concepts} is a linear concept set, calibrated when it was built (--max-fpr); "
+                             "rebuild it with `visionsae concepts build` and --heldout files instead")
         heldout = _pairs(args.heldout, "--heldout")
         unknown = sorted(set(heldout) - set(cs.concepts))
         if unknown:
-            raise KeyError(f"concepts {unknown} are not in {args.concepts}; it has {sorted(cs.concepts)}")
+            raise UsageError(f"--heldout: concepts {unknown} are not in {args.concepts}; it has {sorted(cs.concepts)}")
         keep_heldout = read_prompts(args.keep_heldout)
         for name, prompts in heldout.items():
             group = [torch.tensor(cs[name].features)]

@@ -17,6 +17,8 @@ below ``max_fpr``.
 
 from __future__ import annotations
 
+import warnings
+
 import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -70,13 +72,18 @@ class LinearConcept:
         return [f for f, w in zip(self.features, self.weights) if w > 0]
 
 
-def fit_linear(positive: torch.Tensor, negative: torch.Tensor, l1: float = 3e-4, min_support: int = 2,
-               steps: int = 600, lr: float = 0.5) -> LinearConcept:
+def fit_linear(positive: torch.Tensor, negative: torch.Tensor | Sequence[torch.Tensor], l1: float = 3e-4,
+               min_support: int = 2, steps: int = 600, lr: float = 0.5) -> LinearConcept:
     """L1-penalised, class-balanced logistic regression of pooled codes ``positive [P, n]``
     against ``negative [N, n]`` by proximal gradient (deterministic).
 
+    ``negative`` may be a list of groups (generic prompts, near misses, other concepts): each
+    non-empty group then weighs the same in the fit, however few its prompts, so that a handful
+    of near misses is not drowned by thousands of generic prompts.
     Candidates are the latents active in at least ``min_support`` positive prompts.
     """
+    groups = [negative] if isinstance(negative, torch.Tensor) else [g for g in negative if g.shape[0] > 0]
+    negative = torch.cat([g.coalesce() if g.is_sparse else g.to_sparse() for g in groups]) if groups else torch.zeros(0, 0)
     if positive.shape[0] == 0 or negative.shape[0] == 0:
         raise ValueError("fitting a concept needs positive and negative prompts")
     support = (positive.to_dense() > 0).sum(0) if positive.is_sparse else (positive > 0).sum(0)
@@ -84,18 +91,24 @@ def fit_linear(positive: torch.Tensor, negative: torch.Tensor, l1: float = 3e-4,
     if candidates.numel() == 0:
         raise ValueError("no SAE latent fires on the concept's prompts")
 
-    def dense(x):
-        x = x.index_select(1, candidates)
-        return x.to_dense() if x.is_sparse else x
+    def sparse(x):
+        x = x.index_select(1, candidates).float()
+        return x if x.is_sparse else x.to_sparse()
 
-    x = torch.cat([dense(positive), dense(negative)]).float()  # [P + N, C]
+    # pooled codes are sparse (a few dozen latents a prompt): the products run on CSR matrices
+    x = torch.cat([sparse(positive), sparse(negative)]).coalesce()  # [P + N, C]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        xt = x.t().coalesce().to_sparse_csr()
+        x = x.to_sparse_csr()
     y = torch.cat([torch.ones(positive.shape[0]), torch.zeros(negative.shape[0])])
-    sample_weight = torch.where(y == 1, 0.5 / positive.shape[0], 0.5 / negative.shape[0])
+    neg_weight = torch.cat([torch.full((g.shape[0],), 0.5 / len(groups) / g.shape[0]) for g in groups])
+    sample_weight = torch.cat([torch.full((positive.shape[0],), 0.5 / positive.shape[0]), neg_weight])
     w = torch.zeros(x.shape[1])
     b = torch.zeros(())
     for _ in range(steps):
-        grad = (torch.sigmoid(x @ w + b) - y) * sample_weight
-        w = w - lr * (x.t() @ grad)
+        grad = (torch.sigmoid(torch.mv(x, w) + b) - y) * sample_weight
+        w = w - lr * torch.mv(xt, grad)
         b = b - lr * grad.sum()
         w = torch.sign(w) * (w.abs() - lr * l1).clamp_min(0)  # the L1 proximal step
     keep = w != 0

@@ -119,6 +119,31 @@ class ItDEraser:
         out, self.classifier.decisions = self.classifier.decisions, []
         return out
 
+    @torch.no_grad()
+    def flag(self, prompts: Sequence[str], batch_size: int = 64) -> list[dict]:
+        """Decide ``prompts`` as a pipeline would (both gates), without generating: each is
+        tokenised with the encoder's tokenizer, padded to its ``model_max_length``, and encoded
+        with the eraser attached. Returns one decision dict per prompt (as :meth:`pop_decisions`)."""
+        if self.tokenizer is None:
+            raise ValueError("flag() needs the encoder's tokenizer: pass tokenizer= to ItDEraser")
+        attached = self._pre_handle is not None or self.edit._handle is not None
+        pending = self.pop_decisions()  # a caller's decisions not yet popped stay theirs
+        out: list[dict] = []
+        if not attached:
+            self.attach()
+        try:
+            for i in range(0, len(prompts), batch_size):
+                enc = self.tokenizer(list(prompts[i : i + batch_size]), padding="max_length",
+                                     max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt")
+                device = next(self.text_encoder.parameters()).device
+                self.text_encoder(enc.input_ids.to(device))
+                out += self.pop_decisions()
+        finally:
+            if not attached:
+                self.detach()
+            self.classifier.decisions = pending + self.classifier.decisions
+        return out
+
     # ------------------------------------------------------------------ gates
     def _gate(self, h: torch.Tensor, code) -> torch.Tensor:
         first = len(self.classifier.decisions)

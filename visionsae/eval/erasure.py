@@ -145,13 +145,7 @@ def classifier_report(stock, sae, concepts, family: str, seed: int = 0, n_generi
     generic = generic_prompts(family, n_generic, seed=seed)
     prompts = [r["prompt"] for r in rows] + generic
     eraser = ItDEraser(stock.text_encoder, sae, concepts, tokenizer=stock.tokenizer)
-    flags = []
-    with eraser, torch.no_grad():
-        for i in range(0, len(prompts), 64):
-            ids = stock.tokenizer(prompts[i : i + 64], padding="max_length", max_length=stock.tokenizer.model_max_length,
-                                  truncation=True, return_tensors="pt").input_ids
-            stock.text_encoder(ids)
-            flags += [[d[n]["flagged"] for n in eraser.names] for d in eraser.pop_decisions()]
+    flags = [[d[n]["flagged"] for n in eraser.names] for d in eraser.flag(prompts)]
     flags = np.array(flags)  # [P, C] in eraser.names order == CLASS_NAMES order
     label = np.array([r["label"] for r in rows])
     kind = np.array([r["kind"] for r in rows])

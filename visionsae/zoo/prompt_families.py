@@ -6,11 +6,14 @@ Fashion-MNIST class concepts has three families of prompts, split by *template a
 appears in more than one family:
 
 * ``select``    — chooses the SAE features (and trains the SAE): the zoo's training captions
-  (``captions.TRAIN_*``) and the class word's basic forms in those templates;
+  (``captions.TRAIN_*``) with more noun phrases, descriptions and scenes written for it, and
+  the class word's basic forms and misspellings in those templates;
 * ``calibrate`` — sets the classifier thresholds and the edit strength: its own templates,
   noun phrases, descriptions, scenes and near misses;
-* ``evaluate``  — measures: its own templates (the zoo's held-out templates and more), noun
-  phrases, descriptions, scenes and near misses. Nothing in it chose anything.
+* ``evaluate``  — measures: its own templates, noun phrases, descriptions, scenes and near
+  misses, written after the classifier was designed and read only by the final measurement
+  (the first lists written for it were looked at during the design, so they calibrate now).
+  Nothing in it chose anything.
 
 Each family has the same *kinds* of prompts (:data:`KINDS`): the class under other names in
 templates (``nouns``), the class word's basic forms (singular, plural, upper case, with and
@@ -90,7 +93,28 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
 
 # Noun phrases of each class per family (select: the zoo's training synonyms).
 NOUNS: dict[str, tuple[tuple[str, ...], ...]] = {
-    "select": SYNONYMS,
+    "select": tuple(train + extra for train, extra in zip(SYNONYMS, (
+        ("a crew-neck tee", "a cotton t-shirt", "a baggy tee", "a souvenir t-shirt", "a muscle tee",
+         "a printed t-shirt", "a kids t-shirt", "a white tee"),
+        ("a pair of slacks", "flared trousers", "cropped trousers", "a pair of track pants", "palazzo pants",
+         "bootcut jeans", "a pair of culottes", "harem pants"),
+        ("a cashmere sweater", "a wool jumper", "a christmas jumper", "a cardigan-style pullover",
+         "a ribbed sweater", "a polo-neck jumper", "a cricket sweater", "a knit pullover"),
+        ("an evening gown", "a summer dress", "a maxi gown", "a little black dress", "a shirt dress",
+         "a bodycon dress", "a smock dress", "a sheath dress"),
+        ("a parka", "an overcoat", "a winter jacket", "a mackintosh", "a rain jacket", "a car coat", "a fur coat",
+         "a shearling jacket"),
+        ("flip-flops", "a pair of slides", "a strappy sandal", "espadrille sandals", "a sport sandal",
+         "a flat sandal", "a slingback sandal", "a pair of jandals"),
+        ("a button-down shirt", "a flannel shirt", "a blouse", "a polo shirt", "a work shirt",
+         "a short-sleeved shirt", "a collared shirt", "a grandad shirt"),
+        ("trainers", "running sneakers", "a pair of kicks", "high-tops", "a skate shoe", "plimsolls",
+         "a pair of runners", "a tennis trainer"),
+        ("a tote bag", "a handbag", "a purse", "a rucksack", "a shoulder bag", "a clutch bag", "a holdall",
+         "a beach bag"),
+        ("chelsea boots", "a bootie", "a pair of short boots", "an ankle-length boot", "a suede bootie",
+         "a heeled ankle boot", "a zip-up ankle boot", "a pair of paddock boots"),
+    ))),
     "calibrate": (
         ("a graphic tee", "a v-neck t-shirt", "a plain white tee", "a sleeveless tee"),
         ("chinos", "cargo pants", "a pair of chinos", "khakis"),
@@ -119,7 +143,7 @@ NOUNS: dict[str, tuple[tuple[str, ...], ...]] = {
 
 # Descriptions that avoid the class word (select: the zoo's training descriptions).
 DESCRIPTIONS: dict[str, tuple[tuple[str, ...], ...]] = {
-    "select": tuple(train + extra for train, extra in zip(TRAIN_DESCRIPTIONS, (
+    "select": tuple(train + extra + more for train, extra, more in zip(TRAIN_DESCRIPTIONS, (
         ("a top with short sleeves for the weekend", "a thin jersey top with a print on the chest",
          "a loose top with short arms and no collar", "a cotton top for a summer holiday",
          "a comfortable top with short sleeves for sleeping", "a white top with short sleeves and a small logo"),
@@ -150,6 +174,88 @@ DESCRIPTIONS: dict[str, tuple[tuple[str, ...], ...]] = {
         ("footwear with a zip at the side up to the ankle", "short leather footwear with a thick heel",
          "chunky laced footwear that covers the ankle", "short suede footwear for autumn walks",
          "footwear with a pull tab that covers the ankle", "sturdy short footwear with an elastic side"),
+    ), (
+        ("a short-sleeved top with a slogan across the front",
+         "a fitted cotton top with short sleeves and a crew neck", "a baggy top with short sleeves for the beach",
+         "a printed top with short sleeves from a festival", "a top with short sleeves in bright yellow",
+         "a soft jersey top with a scoop neck and short arms", "a striped top with short sleeves like a sailor",
+         "an oversized top with short sleeves and a big print", "a short-sleeved top worn under a hoodie",
+         "a thin cotton top with short sleeves for jogging", "a top with short sleeves and a pocket on the chest",
+         "a kids top with short sleeves and a dinosaur", "a black top with short sleeves and a skull print",
+         "a top with short sleeves sold as a souvenir", "a short-sleeved top made of organic cotton"),
+        ("long legwear with a flat front and side pockets", "a pair of long bottoms for hiking",
+         "legwear with wide legs and a high waist", "a pair of long bottoms with an elastic waist",
+         "slim legwear in navy blue for the office", "long legwear made of corduroy",
+         "a pair of long bottoms with a belt", "legwear with a zip fly and back pockets",
+         "loose long bottoms made of linen for summer", "a pair of black long bottoms for a waiter",
+         "legwear that reaches the ankles with a cuff", "long legwear with a check pattern",
+         "a pair of long bottoms for a school uniform", "tight long legwear made of stretch denim",
+         "long legwear with knee patches"),
+        ("a knitted top with long sleeves and a cable pattern", "a warm top you pull over your head in the morning",
+         "a long-sleeved knit in heather grey", "a woollen top with a turtle neck",
+         "a cosy knit with ribbed cuffs and hem", "a heavy knitted top for sailing",
+         "a thin merino knit with long sleeves", "a long-sleeved fleece top without a zip",
+         "a knitted top with a snowflake pattern for christmas", "a loose knit with dropped shoulders",
+         "a long-sleeved knit in a chunky rib", "a warm knitted top with elbow patches",
+         "a soft top of lambswool for winter", "a knit with long sleeves worn over a collar",
+         "a warm long-sleeved top with a crew neck made of wool"),
+        ("a one-piece outfit with a full skirt and a sash", "a summer outfit in one piece with thin straps",
+         "a long one-piece gown for the red carpet", "a short one-piece outfit with puffed sleeves",
+         "a one-piece outfit with a halter neck", "a simple one-piece outfit for the office",
+         "a sequined one-piece outfit for new year", "a one-piece outfit with a tiered skirt",
+         "a long floaty one-piece outfit for the beach", "a one-piece outfit with a high neck and long sleeves",
+         "a bridesmaid outfit in one piece", "a knitted one-piece outfit for winter",
+         "a one-piece outfit with a wrap front and a tie", "a satin one-piece outfit that reaches the floor",
+         "a girl's one-piece party outfit with a bow"),
+        ("a heavy outer layer that reaches the knees", "outerwear with a belt and a wide collar",
+         "a warm outer garment with toggles and a hood", "a lightweight outer layer for spring showers",
+         "a thick padded outer layer with a zip", "a long dark outer layer for a funeral",
+         "an outer garment lined with sheepskin", "outerwear with a storm flap and deep pockets",
+         "a tailored outer layer in grey wool", "a waterproof outer garment for fishing",
+         "a warm outer layer for the school run in winter", "a long outer garment with epaulettes",
+         "an outer layer filled with down feathers", "a checked outer garment with big lapels",
+         "outerwear you hang by the door when you come in"),
+        ("open footwear with a strap around the heel", "flat footwear made of leather straps for holidays",
+         "footwear with a single strap across the toes", "open shoes with a wedge heel for summer",
+         "footwear with a toe loop and a flat sole", "rubber footwear with straps for the river",
+         "open footwear with beads on the straps", "summer footwear with crossed straps and a buckle",
+         "breezy footwear with an open heel and toes", "footwear with thin straps and a small heel for a wedding",
+         "open-toed footwear with a padded footbed", "footwear made of straps for a greek island",
+         "sporty open footwear with adjustable straps", "open footwear with a t-bar strap",
+         "footwear with woven straps and an open toe"),
+        ("a top with buttons all the way down and a collar", "a long-sleeved top with a button-down collar in blue",
+         "a formal top with double cuffs", "a crisp top with a yoke and buttons",
+         "a short-sleeved top with a collar and buttons for summer", "a flannel top with buttons for the woods",
+         "a top with buttons and a pointed collar for a wedding", "a linen top with buttons for the beach",
+         "a fitted top with a collar and buttons in pink", "a top with mother of pearl buttons and a collar",
+         "a work top with a collar and two chest pockets", "a top with a collar and buttons to wear with a suit",
+         "a cotton top with buttons and rolled-up sleeves", "a top with press studs and a collar",
+         "a white collared top with buttons for school"),
+        ("sporty footwear with laces and a rubber sole", "cushioned shoes for a long run",
+         "low-cut shoes with a mesh upper for the gym", "lace-up shoes with a rubber sole for everyday wear",
+         "white leather shoes with laces and a flat sole", "shoes with velcro straps and a rubber sole for kids",
+         "light lace-up footwear for skateboarding", "high-top shoes with laces for basketball",
+         "shoes with a springy sole for jogging", "colourful lace-up footwear for the track",
+         "canvas lace-up footwear with a flat rubber sole", "shoes with a swoosh and laces",
+         "breathable footwear with laces for a workout", "lace-up footwear with a chunky sole and a padded collar",
+         "comfy rubber-soled shoes for walking the dog"),
+        ("a carrier with a strap to wear over the shoulder", "a leather carrier with a clasp",
+         "a holdall for the gym with a zip", "a carrier you take on a plane as hand luggage",
+         "a small leather carrier worn across the body", "a carrier with pockets for a laptop and papers",
+         "a carrier made of straw for the beach", "a soft carrier with a drawstring top",
+         "a designer carrier with a gold chain", "a carrier with wheels and a handle for travel",
+         "a cloth carrier for the supermarket", "a carrier for nappies and bottles",
+         "a sturdy carrier worn on the back for hiking", "a tiny carrier for coins and a lipstick",
+         "a carrier with a flap and a magnetic clasp"),
+        ("footwear that stops just above the ankle with a zip", "leather footwear to the ankle with a stacked heel",
+         "laced footwear that covers the ankle for walking", "short footwear with elastic sides for riding",
+         "footwear to the ankle with a pointed toe and a heel", "suede footwear to the ankle with a fringe",
+         "waterproof footwear up to the ankle for autumn", "short footwear with a buckle strap around the ankle",
+         "footwear with a lug sole that ends above the ankle", "black footwear to the ankle with a low block heel",
+         "short lace-up footwear for the army", "footwear with a cosy lining up to the ankle",
+         "short footwear with a wedge heel covering the ankle",
+         "footwear that covers the ankle with a side zip and a round toe",
+         "short leather footwear with a zip for a night out"),
     ))),
     "calibrate": (
         ("a casual cotton top with short sleeves and a round neck", "a loose summer top with a printed logo",
@@ -213,6 +319,11 @@ SCENES: dict[str, tuple[str, ...]] = {
         "a sunny afternoon in the park with {} next to the bench",
         "my friend left {} on the kitchen table yesterday",
         "a busy street market where someone sells {} and fruit",
+        "we packed {} into the car before the holiday",
+        "a photo from the wedding with {} near the cake",
+        "my little brother wanted {} for his birthday",
+        "in the school lost and found box there is {}",
+        "a rainy day in london and {} in a puddle",
     ),
     "calibrate": (
         "a quiet hotel room with {} on the bed and a lamp",
@@ -271,12 +382,15 @@ NEAR_MISSES: dict[str, tuple[tuple[str, ...], ...]] = {
 }
 
 # The first lists written for ``evaluate`` (above, "seen") were looked at while the classifier
-# was designed, so they calibrate now; ``evaluate`` holds lists written after that and read
-# only by the final measurement.
+# was designed, so they can no longer evaluate: their templates, noun phrases, descriptions and
+# scenes select (a linear read-out generalises to new noun phrases only when fitted on many),
+# their near misses calibrate. ``evaluate`` holds lists written after that, read only by the
+# final measurement.
 for _table in (TEMPLATES, SCENES):
-    _table["calibrate"] = _table["calibrate"] + _table.pop("seen")
-for _table in (NOUNS, DESCRIPTIONS, NEAR_MISSES):
-    _table["calibrate"] = tuple(a + b for a, b in zip(_table["calibrate"], _table.pop("seen")))
+    _table["select"] = _table["select"] + _table.pop("seen")
+for _table in (NOUNS, DESCRIPTIONS):
+    _table["select"] = tuple(a + b for a, b in zip(_table["select"], _table.pop("seen")))
+NEAR_MISSES["calibrate"] = tuple(a + b for a, b in zip(NEAR_MISSES["calibrate"], NEAR_MISSES.pop("seen")))
 
 TEMPLATES["evaluate"] = (
     "a sharp photo of {}", "an overhead shot of {}", "an image from a catalogue showing {}", "a rendered image of {}",
@@ -492,16 +606,51 @@ def typo_prompts(label: int, family: str) -> list[str]:
     return _unique(out)
 
 
+# In ``select`` (a training set) each noun phrase goes into a rotating share of the templates and
+# scenes, not all of them, and each description also into a few templates: the cross product
+# would make descriptions 3% of a class's prompts and the fit would neglect them.
+SELECT_TEMPLATES_PER_NOUN = 12
+SELECT_SCENES_PER_NOUN = 4
+SELECT_TEMPLATES_PER_DESCRIPTION = 4
+
+
+def _rotating(items: tuple[str, ...], n_of: int, start: int) -> list[str]:
+    return [items[(start + j) % len(items)] for j in range(min(n_of, len(items)))]
+
+
 def noun_prompts(label: int, family: str) -> list[str]:
-    """The family's noun phrases of the class in the family's templates."""
+    """The family's noun phrases of the class in the family's templates (in ``select``, each
+    in :data:`SELECT_TEMPLATES_PER_NOUN` of them, rotating)."""
     label, _ = _check_label(label), _check_family(family)
-    return _unique(t.format(n) for t in TEMPLATES[family] for n in NOUNS[family][label])
+    nouns, templates = NOUNS[family][label], TEMPLATES[family]
+    if family == "select":
+        return _unique(t.format(n) for i, n in enumerate(nouns)
+                       for t in _rotating(templates, SELECT_TEMPLATES_PER_NOUN, i * SELECT_TEMPLATES_PER_NOUN))
+    return _unique(t.format(n) for t in templates for n in nouns)
 
 
 def scene_prompts(label: int, family: str) -> list[str]:
-    """The family's noun phrases of the class inside the family's scenes."""
+    """The family's noun phrases of the class inside the family's scenes (in ``select``, each in
+    :data:`SELECT_SCENES_PER_NOUN` of them, rotating)."""
     label, _ = _check_label(label), _check_family(family)
-    return _unique(s.format(n) for s in SCENES[family] for n in NOUNS[family][label])
+    nouns, scenes = NOUNS[family][label], SCENES[family]
+    if family == "select":
+        return _unique(s.format(n) for i, n in enumerate(nouns)
+                       for s in _rotating(scenes, SELECT_SCENES_PER_NOUN, i * SELECT_SCENES_PER_NOUN))
+    return _unique(s.format(n) for s in scenes for n in nouns)
+
+
+def description_prompts(label: int, family: str) -> list[str]:
+    """The family's descriptions of the class (in ``select``, also each in
+    :data:`SELECT_TEMPLATES_PER_DESCRIPTION` of its templates, rotating)."""
+    label, _ = _check_label(label), _check_family(family)
+    out = list(DESCRIPTIONS[family][label])
+    if family == "select":
+        templates = TEMPLATES[family]
+        out += [t.format(d) for i, d in enumerate(DESCRIPTIONS[family][label])
+                for t in _rotating(templates, SELECT_TEMPLATES_PER_DESCRIPTION, i * SELECT_TEMPLATES_PER_DESCRIPTION)
+                if len(t.format(d).replace("-", " ").split()) <= 12]  # within the zoo tokenizer's 20 tokens
+    return _unique(out)
 
 
 def concept_prompts(label: int, family: str) -> dict[str, list[str]]:
@@ -510,7 +659,7 @@ def concept_prompts(label: int, family: str) -> dict[str, list[str]]:
         "nouns": noun_prompts(label, family),
         "basic_forms": basic_forms(label, family),
         "typos": typo_prompts(label, family),
-        "descriptions": list(DESCRIPTIONS[family][_check_label(label)]),
+        "descriptions": description_prompts(label, family),
         "scenes": scene_prompts(label, family),
     }
 
