@@ -144,20 +144,21 @@ def _tiny_flow_vae(latent_channels: int):
 
 def tiny_sd3(clip_tok, t5_tok, seed: int = 0):
     """A tiny StableDiffusion3Pipeline as diffusers' tests build it: two CLIP text encoders with
-    projection (hidden 32), a T5 encoder (d_model 32), an SD3Transformer2DModel, 32x32 images."""
+    projection (hidden 32), a T5 encoder (d_model 64, so the CLIPs' 32 + 32 features are padded
+    to it, as SD3's 768 + 1280 are to T5-XXL's 4096), an SD3Transformer2DModel, 32x32 images."""
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
     from visionsae.sources.clip_tokenizer import clip_tokenizer
 
     torch.manual_seed(seed)
     transformer = SD3Transformer2DModel(sample_size=32, patch_size=1, in_channels=4, num_layers=1, attention_head_dim=8,
-                                        num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=32,
+                                        num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=64,
                                         pooled_projection_dim=64, out_channels=4)
     return StableDiffusion3Pipeline(
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(), vae=_tiny_flow_vae(4),
         text_encoder=tiny_clip_text(True, seed=seed + 1), tokenizer=clip_tok,
         text_encoder_2=tiny_clip_text(True, seed=seed + 2), tokenizer_2=clip_tokenizer(pad_token="!"),
-        text_encoder_3=tiny_t5(len(t5_tok), seed=seed + 3), tokenizer_3=t5_tok,
+        text_encoder_3=tiny_t5(len(t5_tok), d_model=64, seed=seed + 3), tokenizer_3=t5_tok,
     )
 
 

@@ -43,10 +43,10 @@ def test_sd3_three_encoders_rebuild_the_prompt_embeds(sd3):
     with torch.no_grad():  # as in the pipeline's __call__ (T5's kernels differ in the last bits with autograd on)
         embeds, _, pooled, _ = sd3.encode_prompt(PROMPTS, None, None, device="cpu", do_classifier_free_guidance=False)
     a1, a2, a3 = (s.encode(PROMPTS, 0).acts for s in (clip1, clip2, t5))
-    assert torch.equal(a1.view(3, 77, 32), embeds[:, :77, :32])  # the CLIPs' 64 features, cut to T5's 32
-    assert torch.equal(a3.view(3, 256, 32), embeds[:, 77:])
-    assert embeds.shape == (3, 77 + 256, 32)
-    assert a2.shape == (3 * 77, 32)
+    assert embeds.shape == (3, 77 + 256, 64)
+    assert torch.equal(a1.view(3, 77, 32), embeds[:, :77, :32])  # the CLIPs' tokens, padded to T5's width
+    assert torch.equal(a2.view(3, 77, 32), embeds[:, :77, 32:])
+    assert torch.equal(a3.view(3, 256, 64), embeds[:, 77:])
 
 
 def test_t5_tokens_have_no_start_an_end_and_padding(sd3, t5_tok):
@@ -63,7 +63,7 @@ def test_t5_tokens_have_no_start_an_end_and_padding(sd3, t5_tok):
         assert not rec["truncated"]
     assert TokenKind.START not in batch.kind.tolist()
     # no attention mask: the pad rows attend to the prompt (bidirectional) and differ between prompts
-    pads = batch.acts.view(3, 256, 32)[:, -1]
+    pads = batch.acts.view(3, 256, 64)[:, -1]
     assert not torch.equal(pads[0], pads[1])
     # skip_start drops nothing (there is no start row); skip_padding drops the pads
     some = TextEncoderSource.from_pipeline(sd3, "encoder.block.1", encoder=3, skip_start=True, skip_padding=True)
@@ -109,7 +109,7 @@ def test_sae_on_a_tiny_t5_through_extract_and_train(sd3, tmp_path, capsys):
                  "--inputs", str(tmp_path / "p.txt"), "--out", str(store_dir), "--shard-rows", "2048",
                  "--no-progress"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["rows"] == 24 * 256 and summary["d_in"] == 32
+    assert summary["rows"] == 24 * 256 and summary["d_in"] == 64
     store = ActivationStore.open(store_dir)
     assert store.source["encoder"] == "text_encoder_3" and store.source["max_length"] == 256
     assert store.source["hook"] == "encoder.block.1" and store.source["attention_mask"] is False
@@ -120,7 +120,7 @@ def test_sae_on_a_tiny_t5_through_extract_and_train(sd3, tmp_path, capsys):
                  "--batch-size", "256", "--out-dir", str(run_dir), "--checkpoint-every", "0", "--no-progress"]) == 0
     capsys.readouterr()
     sae = SparseAutoencoder.from_pretrained(run_dir / "sae").eval()
-    assert sae.cfg.hook == "encoder.block.1" and sae.cfg.d_in == 32
+    assert sae.cfg.hook == "encoder.block.1" and sae.cfg.d_in == 64
 
     src = TextEncoderSource.from_pipeline(sd3, sae.cfg.hook, encoder=3)
     x = src.encode(heldout, 0).acts
