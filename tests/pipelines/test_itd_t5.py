@@ -269,3 +269,32 @@ def test_flux_bfloat16_and_save_pretrained(flux, clip_tok, t5_tok, tmp_path):
     tokens, pooled, _ = half.encode_prompt([DOG, CAR], device="cpu")
     assert tokens.dtype == pooled.dtype == torch.bfloat16
     assert [d["text_encoder_2"]["dog"]["flagged"] for d in half.concept_decisions] == [True, False]
+
+
+def test_erase_command_on_an_sd3_folder(sd3, tmp_path, capsys):
+    """`visionsae erase` picks ItDStableDiffusion3Pipeline from the folder's model_index.json and
+    erases with an SAE on its T5 (--sae-3)."""
+    from visionsae.cli import main
+
+    stock, parts = sd3
+    stock.save_pretrained(tmp_path / "sd3")
+    sae, concepts = parts[2]
+    sae.save_pretrained(tmp_path / "t5-sae")
+    concepts.save(tmp_path / "t5-concepts.json")
+    out = tmp_path / "out"
+    assert main(["erase", "--model", str(tmp_path / "sd3"), "--sae-3", str(tmp_path / "t5-sae"), "--concepts-3",
+                 str(tmp_path / "t5-concepts.json"), "--prompt", DOG, "--prompt", CAR, "--steps", "2",
+                 "--out", str(out)]) == 0
+    records = json.loads((out / "decisions.json").read_text())
+    assert [r["changed"] for r in records] == [True, False]
+    assert records[0]["decisions"]["dog"]["flagged"] and not records[1]["decisions"]["dog"]["flagged"]
+    capsys.readouterr()
+
+    flux_dir = tmp_path / "flux-like"
+    flux_dir.mkdir()
+    (flux_dir / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    assert main(["erase", "--model", str(flux_dir), "--sae-3", str(tmp_path / "t5-sae"), "--concepts-3",
+                 str(tmp_path / "t5-concepts.json"), "--prompt", DOG, "--out", str(tmp_path / "o2")]) == 2
+    assert "text_encoder, text_encoder_2: --concepts-3, --sae-3 do not apply" in capsys.readouterr().err
+    assert main(["erase", "--model", str(tmp_path / "sd3"), "--prompt", DOG, "--out", str(tmp_path / "o3")]) == 2
+    assert "pass --sae and/or --sae-2 and/or --sae-3" in capsys.readouterr().err
