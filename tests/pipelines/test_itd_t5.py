@@ -9,6 +9,7 @@ conditioning, and every parent argument works. The concepts are planted (test_it
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 
@@ -132,6 +133,26 @@ def test_sd3_several_concepts_and_a_chosen_subset(sd3):
         ItDStableDiffusion3Pipeline.wrap(stock, sae_3=parts[2][0])
     with pytest.raises(UsageError, match=r"text_encoder_3 \(sae_3=\)"):
         ItDStableDiffusion3Pipeline.wrap(stock)
+
+
+def test_sd3_t5_eraser_reads_a_misspelt_prompt_in_its_normal_form(sd3):
+    """The robust gate (ItDEraser's normal form) works through T5's tokenizer: 'dgo' is read as
+    'dog' and erased from T5's tokens as 'dog' is; the CLIPs, without erasers, see the prompt as written."""
+    stock, parts = sd3
+    sae, concepts = parts[2]
+    concepts = copy.deepcopy(concepts)
+    concepts["dog"].vocabulary = ["dog"]
+    itd = ItDStableDiffusion3Pipeline.wrap(stock, sae_3=sae, concepts_3=concepts)
+    prompts = [DOG, "a photo of a dgo", CAR]
+    with torch.no_grad():
+        pos = itd.encode_prompt(prompts, None, None, "cpu", 1, False)[0]
+        ref = stock.encode_prompt(prompts, None, None, "cpu", 1, False)[0]
+    decisions = itd.concept_decisions
+    assert [d["dog"]["flagged"] for d in decisions] == [True, True, False]
+    assert decisions[1]["read_as"] == DOG and "read_as" not in decisions[0]
+    assert torch.equal(pos[1, 77:], pos[0, 77:])  # T5's tokens: erased as the correct spelling is
+    assert torch.equal(pos[1, :77], ref[1, :77])  # the CLIPs' tokens: untouched
+    assert torch.equal(pos[2], ref[2])
 
 
 def test_sd3_guidance_negative_prompts_and_images_per_prompt(sd3):
