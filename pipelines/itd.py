@@ -81,7 +81,7 @@ class ItDFluxPipelineOutput(FluxPipelineOutput):
 
 
 class _ItDMixin:
-    """What the SD and SDXL pipelines share: erasers and steering, switched on around the
+    """What the ItD pipelines share: erasers and steering, switched on around the
     positive prompt's encoding; decisions; save / load of the edits."""
 
     _parent: type  # the stock pipeline class
