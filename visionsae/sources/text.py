@@ -36,7 +36,7 @@ def encoder_name(encoder: int | str) -> str:
     """``text_encoder``, ``text_encoder_2`` ... of ``encoder`` given as 1, 2, 3, "2" or a name."""
     if isinstance(encoder, str) and encoder.isdigit():
         encoder = int(encoder)
-    return ENCODERS.get(encoder, encoder) if isinstance(encoder, int) else str(encoder)
+    return ENCODERS.get(encoder, f"text_encoder_{encoder}") if isinstance(encoder, int) else str(encoder)
 
 
 def pipeline_max_length(pipeline_class: type, model_type: str) -> int | None:
