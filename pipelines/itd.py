@@ -392,8 +392,12 @@ class _ItDEncodersMixin(_ItDMixin):
         ``save_pretrained`` comes back with its erasers and steering."""
         names = [n for n in inspect.signature(cls.set_eraser).parameters if n != "self"]
         eraser = {n: kwargs.pop(n) for n in names if n in kwargs}
+        parts = any(eraser.get(k) is not None for pair in cls._eraser_keys() for k in pair)
+        if not parts and eraser:
+            raise UsageError(f"{', '.join(f'{k}=' for k in eraser)} set up the erasers of SAEs given here (sae=, "
+                             "concepts=, ...); a saved folder's erasers come back with their own settings")
         pipe = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        if any(eraser.get(key) is not None for key, _ in cls._eraser_keys()):
+        if parts:
             pipe.set_eraser(**eraser)
         else:
             pipe._load_parts(pretrained_model_name_or_path)
@@ -419,9 +423,6 @@ class _ItDEncodersMixin(_ItDMixin):
         ``erase`` names concepts of any of the sets; each encoder erases those its set holds."""
         self.remove_erasers()
         keys = self._eraser_keys()
-        if all(sae is None for sae, _ in given):
-            wanted = " and/or ".join(f"{name} ({key}=)" for name, (key, _) in zip(self._encoders, keys))
-            raise UsageError(f"pass an SAE for {wanted}")
         chosen = []
         for name, (sae_key, set_key), (sae, concepts) in zip(self._encoders, keys, given):
             if sae is None:
@@ -431,6 +432,9 @@ class _ItDEncodersMixin(_ItDMixin):
             if concepts is None:
                 raise UsageError(f"an SAE for {name} ({sae_key}=) needs its concept set ({set_key}=)")
             chosen.append((name, sae, as_concepts(concepts)))
+        if not chosen:
+            wanted = " and/or ".join(f"{name} ({key}=)" for name, (key, _) in zip(self._encoders, keys))
+            raise UsageError(f"pass an SAE for {wanted}")
         if erase is not None:
             unknown = sorted(set(erase) - {n for _, _, c in chosen for n in c.concepts})
             if unknown:

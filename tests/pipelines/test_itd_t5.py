@@ -207,6 +207,10 @@ def test_sd3_save_pretrained_loads_back_with_its_erasers_and_as_the_stock_pipeli
     # SAEs given to from_pretrained replace the saved ones
     t5_only = ItDStableDiffusion3Pipeline.from_pretrained(tmp_path / "sd3", sae_3=parts[2][0], concepts_3=parts[2][1])
     assert [n for n, _ in t5_only._erasers] == ["text_encoder_3"]
+    with pytest.raises(UsageError, match="needs its SAE"):
+        ItDStableDiffusion3Pipeline.from_pretrained(tmp_path / "sd3", concepts_3=parts[2][1])
+    with pytest.raises(UsageError, match="mode= set up the erasers of SAEs given here"):
+        ItDStableDiffusion3Pipeline.from_pretrained(tmp_path / "sd3", mode="scale")
 
 
 # ---------------------------------------------------------------------------------------- Flux
