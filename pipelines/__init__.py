@@ -15,8 +15,12 @@ import importlib
 _EXPORTS = {
     "ItDStableDiffusionPipeline": "itd",
     "ItDStableDiffusionXLPipeline": "itd",
+    "ItDStableDiffusion3Pipeline": "itd",
+    "ItDFluxPipeline": "itd",
     "ItDPipelineOutput": "itd",
     "ItDXLPipelineOutput": "itd",
+    "ItDSD3PipelineOutput": "itd",
+    "ItDFluxPipelineOutput": "itd",
     "SAUCELlavaForConditionalGeneration": "sauce",
 }
 

@@ -27,6 +27,14 @@ def tiny_sdxl(clip_tok):
 
 
 @pytest.fixture(scope="session")
+def t5_tok():
+    """A real T5 tokenizer trained offline on real prompts (see tiny_models.tiny_t5_tokenizer)."""
+    from tiny_models import tiny_t5_tokenizer
+
+    return tiny_t5_tokenizer()
+
+
+@pytest.fixture(scope="session")
 def tiny_llava():
     """(model, processor): a tiny LlavaForConditionalGeneration (see tiny_models.tiny_llava)."""
     from tiny_models import tiny_llava as build

@@ -102,3 +102,77 @@ def tiny_clip_text_with_tokenizer():
     from visionsae.sources.clip_tokenizer import clip_tokenizer
 
     return tiny_clip_text(), clip_tokenizer()
+
+
+def tiny_t5_tokenizer(vocab_size: int = 1000):
+    """A real transformers ``T5TokenizerFast`` (SentencePiece-style Unigram: ``<pad>`` 0, ``</s>`` 1,
+    ``<unk>`` 2, ``</s>`` appended, no start token) whose pieces are trained here, offline, on
+    real text: ImageNet's class names in CLIP's prompt templates (open_clip's metadata)."""
+    import json
+
+    from open_clip import zero_shot_metadata as meta
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import T5TokenizerFast
+
+    corpus = [t(c) for c in meta.IMAGENET_CLASSNAMES for t in meta.OPENAI_IMAGENET_TEMPLATES[:2]]
+    corpus += ["a photo of a dog", "a red car", "a bowl of soup", "mountains at dawn", "a wooden chair"]
+    unigram = Tokenizer(models.Unigram())
+    unigram.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    unigram.train_from_iterator(corpus, trainers.UnigramTrainer(
+        vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"))
+    vocab = [tuple(v) for v in json.loads(unigram.to_str())["model"]["vocab"]]
+    return T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=512)
+
+
+def tiny_t5(vocab_size: int, d_model: int = 32, layers: int = 2, seed: int = 0):
+    """A tiny random ``T5EncoderModel`` (SD3's text_encoder_3, Flux's text_encoder_2)."""
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    cfg = T5Config(vocab_size=vocab_size, d_model=d_model, d_ff=37, d_kv=8, num_layers=layers, num_heads=4,
+                   relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    return T5EncoderModel(cfg).eval()
+
+
+def _tiny_flow_vae(latent_channels: int):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
+                         latent_channels=latent_channels, norm_num_groups=1, use_quant_conv=False,
+                         use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)
+
+
+def tiny_sd3(clip_tok, t5_tok, seed: int = 0):
+    """A tiny StableDiffusion3Pipeline as diffusers' tests build it: two CLIP text encoders with
+    projection (hidden 32), a T5 encoder (d_model 64, so the CLIPs' 32 + 32 features are padded
+    to it, as SD3's 768 + 1280 are to T5-XXL's 4096), an SD3Transformer2DModel, 32x32 images."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    from visionsae.sources.clip_tokenizer import clip_tokenizer
+
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(sample_size=32, patch_size=1, in_channels=4, num_layers=1, attention_head_dim=8,
+                                        num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=64,
+                                        pooled_projection_dim=64, out_channels=4)
+    return StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(), vae=_tiny_flow_vae(4),
+        text_encoder=tiny_clip_text(True, seed=seed + 1), tokenizer=clip_tok,
+        text_encoder_2=tiny_clip_text(True, seed=seed + 2), tokenizer_2=clip_tokenizer(pad_token="!"),
+        text_encoder_3=tiny_t5(len(t5_tok), d_model=64, seed=seed + 3), tokenizer_3=t5_tok,
+    )
+
+
+def tiny_flux(clip_tok, t5_tok, seed: int = 0):
+    """A tiny FluxPipeline as diffusers' tests build it: a CLIP text encoder (its pooled output),
+    a T5 encoder (d_model 32), a FluxTransformer2DModel, 32x32 images."""
+    from diffusers import FluxPipeline, FluxTransformer2DModel, FlowMatchEulerDiscreteScheduler
+
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
+                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                         pooled_projection_dim=32, axes_dims_rope=[4, 4, 8])
+    return FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=_tiny_flow_vae(1),
+        text_encoder=tiny_clip_text(False, seed=seed + 1), tokenizer=clip_tok,
+        text_encoder_2=tiny_t5(len(t5_tok), seed=seed + 2), tokenizer_2=t5_tok, transformer=transformer,
+    )

@@ -19,58 +19,73 @@ TARGET = ["a photo of a dog"]
 KEEP = ["a red car", "a bowl of soup", "mountains at dawn", "a wooden chair", "a city street at night"]
 
 
-def _sae_and_concepts(text_encoder, tokenizer, hook=HOOK, seed=0):
-    """An SAE (random, with data-set scale and b_dec) and a 'dog' concept read off its codes."""
+def _sae_and_concepts(text_encoder, tokenizer, hook=HOOK, seed=0, targets=None, max_length=None):
+    """An SAE (random, with data-set scale and b_dec) and concepts read off its codes: by default
+    'dog' (TARGET); ``targets`` maps each concept to its one prompt. ``max_length``: the
+    pipeline's sequence length (a T5's activations depend on it)."""
+    targets = targets or {"dog": TARGET[0]}
     torch.manual_seed(seed)
-    src = TextEncoderSource(text_encoder, tokenizer, hook)
-    acts_btd = next(prompt_activations(src, TARGET + KEEP, batch_size=64))  # [P, T, d]
-    acts = acts_btd.reshape(-1, acts_btd.shape[-1])
-    sae = SparseAutoencoder(SAEConfig(d_in=acts.shape[-1], n_latents=4096, k=8, hook=hook)).eval()
+    src = TextEncoderSource(text_encoder, tokenizer, hook, max_length=max_length)
+    prompts = list(targets.values()) + KEEP
+    acts_btd = next(prompt_activations(src, prompts, batch_size=64))  # [P, T, d]
+    P, T, d = acts_btd.shape
+    acts = acts_btd.reshape(-1, d)
+    sae = SparseAutoencoder(SAEConfig(d_in=d, n_latents=4096, k=8, hook=hook)).eval()
     sae.init_from_data_(acts)
 
-    def codes(prompts):
-        h = next(prompt_activations(src, prompts, batch_size=64))
+    @torch.no_grad()
+    def codes(texts):
+        h = next(prompt_activations(src, texts, batch_size=64))
         return h, sae.encode(h)
 
-    # Plant two latents along one of the dog prompt's token directions, away from the keep
-    # tokens (a random SAE has no dog feature), biased to fire there and nowhere in the keep
-    # prompts. The token with the widest margin is used (random weights give no guarantee).
-    n_real = len(tokenizer(TARGET[0])["input_ids"])
+    # Plant two latents per concept along one of its prompt's token directions, away from the
+    # other prompts' tokens (a random SAE has no dog feature), biased to fire there and nowhere
+    # in the other prompts. The token with the widest margin is used (random weights give no
+    # guarantee).
     with torch.no_grad():
-        scaled = acts * sae.input_scale - sae.b_dec
-        T = len(acts) // len(TARGET + KEEP)
-        keep_rows = scaled[len(TARGET) * T:]
-        best = None
-        for pos in range(1, n_real):
-            if float(torch.cdist(scaled[pos : pos + 1], keep_rows).min()) < 1e-3:
-                continue  # the same prefix as a keep prompt (causal attention): not separable
-            u = scaled[pos] - keep_rows.mean(0)
-            for _ in range(300):  # perceptron steps towards a direction that separates the token
+        scaled = (acts * sae.input_scale - sae.b_dec).view(P, T, d)
+    found = {}
+    for c, (name, prompt) in enumerate(targets.items()):
+        n_real = len(tokenizer(prompt)["input_ids"])
+        with torch.no_grad():
+            other_rows = scaled[[i for i in range(P) if i != c]].reshape(-1, d)
+            best = None
+            for pos in range(1, n_real):
+                row = scaled[c, pos]
+                if float(torch.cdist(row[None], other_rows).min()) < 1e-3:
+                    continue  # the same prefix as another prompt (causal attention): not separable
+                u = row - other_rows.mean(0)
+                for _ in range(300):  # perceptron steps towards a direction that separates the token
+                    u = u / u.norm()
+                    worst = other_rows[(other_rows @ u).argmax()]
+                    if float(row @ u) > float(worst @ u):
+                        break
+                    u = u + 0.2 * (row - worst) / (row - worst).norm()
                 u = u / u.norm()
-                worst = keep_rows[(keep_rows @ u).argmax()]
-                if float(scaled[pos] @ u) > float(worst @ u):
-                    break
-                u = u + 0.2 * (scaled[pos] - worst) / (scaled[pos] - worst).norm()
-            u = u / u.norm()
-            margin = float(scaled[pos] @ u) - float((keep_rows @ u).max())
-            if best is None or margin > best[0]:
-                best = (margin, u, (float(scaled[pos] @ u) + float((keep_rows @ u).max())) / 2)
-        margin, u, cut = best
-        assert margin > 0, "no token of the concept prompt separates from the keep prompts"
-        for f in (0, 1):
-            sae.W_dec[f] = u
-            sae.W_enc[f] = 1e4 * u
-            sae.b_enc[f] = -1e4 * cut
-    h, c = codes(TARGET)
-    hk, ck = codes(KEEP)
-    features = [0, 1]
-    ids = [torch.tensor(features)]
-    pos, neg = concept_scores(sae, h, c, ids)[:1, 0], concept_scores(sae, hk, ck, ids)[:, 0]
-    assert pos.min() > neg.max()
-    cal = calibrate(pos, neg, 1.0)
-    cal["threshold"] = float(pos.min() + neg.max()) / 2  # a margin, so bf16 noise does not flip it
-    concepts = ConceptSet(hook, sae_fingerprint(sae), 4096, {"dog": Concept("dog", features, [1.0] * len(features), cal["threshold"], cal)})
-    return sae, concepts, cal
+                margin = float(row @ u) - float((other_rows @ u).max())
+                if best is None or margin > best[0]:
+                    best = (margin, u, (float(row @ u) + float((other_rows @ u).max())) / 2)
+            margin, u, cut = best
+            assert margin > 0, f"no token of the {name!r} prompt separates from the other prompts"
+            features = [2 * c, 2 * c + 1]
+            for f in features:
+                sae.W_dec[f] = u
+                sae.W_enc[f] = 1e4 * u
+                sae.b_enc[f] = -1e4 * cut
+        found[name] = features
+    concepts, first_cal = {}, None
+    for c, (name, prompt) in enumerate(targets.items()):
+        ids = [torch.tensor(found[name])]
+        others = [p for p in prompts if p != prompt]
+        (h, code), (ho, co) = codes([prompt]), codes(others)
+        with torch.no_grad():
+            pos, neg = concept_scores(sae, h, code, ids)[:, 0], concept_scores(sae, ho, co, ids)[:, 0]
+        assert pos.min() > neg.max()
+        cal = calibrate(pos, neg, 1.0)
+        cal["threshold"] = float(pos.min() + neg.max()) / 2  # a margin, so bf16 noise does not flip it
+        concepts[name] = Concept(name, found[name], [1.0] * len(found[name]), cal["threshold"], cal)
+        first_cal = first_cal or cal
+    return sae, ConceptSet(hook, sae_fingerprint(sae), 4096, concepts), first_cal
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ import random
 
 def _source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="zoo", help="'zoo', or a diffusers pipeline folder / text encoder folder (default: zoo)")
-    p.add_argument("--encoder", default="text_encoder", help="which text encoder of a pipeline (default: text_encoder)")
+    p.add_argument("--encoder", default="text_encoder", help="which text encoder of a pipeline: text_encoder (default), text_encoder_2, text_encoder_3")
     p.add_argument("--sae", required=True, help="the SAE folder (its cfg.json names the hook)")
     p.add_argument("--hook", default=None, help="hook point (default: the SAE's)")
     p.add_argument("--target-recall", type=float, default=0.95,
@@ -109,7 +109,7 @@ def _source(args):
     from ..sources.loading import load_model
 
     loaded = load_model(args.model, encoder=args.encoder)
-    return sae, TextEncoderSource(loaded.model, loaded.tokenizer, hook)
+    return sae, TextEncoderSource(loaded.model, loaded.tokenizer, hook, **loaded.text_defaults)  # a T5: the pipeline's length
 
 
 def _print(cs) -> None:

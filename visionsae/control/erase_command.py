@@ -3,6 +3,10 @@
     visionsae erase --model zoo --prompt "a photo of a sneaker" --erase sneaker
     visionsae erase --model runwayml/stable-diffusion-v1-5 --sae SAE_DIR --concepts concepts.json --prompt "..."
     visionsae erase --model stabilityai/stable-diffusion-xl-base-1.0 --sae SAE1 --concepts C1 --sae-2 SAE2 --concepts-2 C2 --prompt "..."
+    visionsae erase --model sd3-folder/ --sae-3 T5_SAE --concepts-3 C3 --prompt "..."     # SD3's T5 (Flux's: --sae-2)
+
+The pipeline class comes from a local folder's model_index.json (SD 1.x/2.x, SDXL, SD3, Flux);
+for a hub id, SDXL where --sae-2 is given, else SD.
 
 Writes a before/after PNG per prompt and decisions.json (the classifier's verdict per
 prompt and concept) into --out.
@@ -21,8 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="zoo", help="'zoo' (the embedded fashion model), a diffusers folder or a Hugging Face id (default: zoo)")
     parser.add_argument("--sae", default=None, help="SAE folder for the (first) text encoder (default for the zoo: assets/zoo/fashion-text-sae)")
     parser.add_argument("--concepts", default=None, help="concept set JSON for --sae (default for the zoo: its class concepts)")
-    parser.add_argument("--sae-2", default=None, help="SDXL: SAE folder for text_encoder_2")
-    parser.add_argument("--concepts-2", default=None, help="SDXL: concept set JSON for --sae-2")
+    parser.add_argument("--sae-2", default=None, help="SDXL / SD3: SAE folder for text_encoder_2 (Flux: its T5)")
+    parser.add_argument("--concepts-2", default=None, help="concept set JSON for --sae-2")
+    parser.add_argument("--sae-3", default=None, help="SD3: SAE folder for text_encoder_3 (its T5)")
+    parser.add_argument("--concepts-3", default=None, help="concept set JSON for --sae-3")
     parser.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several)")
     parser.add_argument("--erase", default=None, help="comma-separated concepts to erase (default: every concept of the set)")
     parser.add_argument("--mode", choices=["zero", "scale"], default=None,
@@ -63,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
-    from visionsae.pipelines.itd import ItDStableDiffusionPipeline, ItDStableDiffusionXLPipeline
+    from visionsae.pipelines.itd import ItDStableDiffusionPipeline
 
     from ..errors import check_writable_dir
     from ..sae.io import atomic_write_bytes
@@ -105,15 +111,28 @@ def run(args: argparse.Namespace) -> int:
         pipe = ItDStableDiffusionPipeline.wrap(stock, args.sae or zoo_dir() / SAE_DIR,
                                                args.concepts or zoo_dir() / SAE_DIR / "concepts.json", erase,
                                                mode=mode, value=value)
-    elif args.sae_2 or args.concepts_2:
-        pipe = ItDStableDiffusionXLPipeline.from_pretrained(args.model, sae=args.sae, concepts=args.concepts,
-                                                            sae_2=args.sae_2, concepts_2=args.concepts_2, erase=erase,
-                                                            mode=mode, value=value).to(args.device)
     else:
-        if not args.sae or not args.concepts:
-            raise UsageError("--sae and --concepts are needed for a model other than the zoo")
-        pipe = ItDStableDiffusionPipeline.from_pretrained(args.model, sae=args.sae, concepts=args.concepts, erase=erase,
-                                                         mode=mode, value=value).to(args.device)
+        cls = itd_class(args.model, bool(args.sae_2 or args.concepts_2))
+        given = {"sae": args.sae, "concepts": args.concepts, "sae_2": args.sae_2, "concepts_2": args.concepts_2,
+                 "sae_3": args.sae_3, "concepts_3": args.concepts_3}
+        if cls is ItDStableDiffusionPipeline:
+            extra = sorted(f"--{k.replace('_', '-')}" for k in ("sae_2", "concepts_2", "sae_3", "concepts_3") if given[k])
+            if extra:
+                raise UsageError(f"{args.model} is a single-encoder Stable Diffusion pipeline: {', '.join(extra)} do not apply")
+            if not args.sae or not args.concepts:
+                raise UsageError("--sae and --concepts are needed for a model other than the zoo")
+            eraser = {"sae": args.sae, "concepts": args.concepts}
+        else:
+            keys = [k for pair in cls._eraser_keys() for k in pair]
+            extra = sorted(f"--{k.replace('_', '-')}" for k, v in given.items() if v and k not in keys)
+            if extra:
+                raise UsageError(f"{args.model} is a {cls._parent.__name__}, whose text encoders are "
+                                 f"{', '.join(cls._encoders)}: {', '.join(extra)} do not apply")
+            eraser = {k: given[k] for k in keys}
+            if not any(eraser[sae] for sae, _ in cls._eraser_keys()):
+                flags = " and/or ".join(f"--{sae.replace('_', '-')}" for sae, _ in cls._eraser_keys())
+                raise UsageError(f"{args.model} is a {cls._parent.__name__}: pass {flags} (with their concept sets)")
+        pipe = cls.from_pretrained(args.model, **eraser, erase=erase, mode=mode, value=value).to(args.device)
     if args.steps is not None:
         settings["num_inference_steps"] = args.steps
     if args.guidance_scale is not None:
@@ -152,6 +171,29 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_bytes(out / "decisions.json", json.dumps(records, indent=2).encode())
     print(f"decisions: {out / 'decisions.json'}")
     return 0
+
+
+def itd_class(model: str, second_encoder: bool):
+    """The ItD pipeline class of ``model``: the one whose parent its folder's model_index.json
+    names (a UsageError for a pipeline ItD does not cover); for a hub id, SDXL when a second
+    encoder's SAE is given, else SD."""
+    import json
+    from pathlib import Path
+
+    from visionsae.pipelines import itd
+
+    classes = {c._parent.__name__: c for c in (itd.ItDStableDiffusionPipeline, itd.ItDStableDiffusionXLPipeline,
+                                               itd.ItDStableDiffusion3Pipeline, itd.ItDFluxPipeline)}
+    index = Path(model) / "model_index.json"
+    if not index.is_file():
+        return itd.ItDStableDiffusionXLPipeline if second_encoder else itd.ItDStableDiffusionPipeline
+    try:
+        name = json.loads(index.read_text()).get("_class_name")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        raise UsageError(f"{index} is not a JSON object naming its pipeline class") from None
+    if name not in classes:
+        raise UsageError(f"{model} is a {name}; ItD erases from {', '.join(classes)}")
+    return classes[name]
 
 
 def _flat(decision: dict) -> dict:

@@ -7,7 +7,8 @@ import json
 import sys
 
 EPILOG = """\
-models: a diffusers pipeline dir (its text encoder; --encoder text_encoder_2 for SDXL's second),
+models: a diffusers pipeline dir (its text encoder; --encoder text_encoder_2 for SDXL's second CLIP
+or Flux's T5, text_encoder_3 for SD3's T5),
 a transformers model dir (text encoder, DINOv2/ViT, LLaVA), timm:NAME, open_clip:ARCH
 (--weights FILE), efficientnet-lite0, or py:MODULE:FUNCTION.
 inputs: an image folder, a .txt of prompts (one a line), or a .jsonl of {"text"}, {"image"} or
@@ -16,6 +17,7 @@ A stopped extraction resumes when rerun with the same arguments.
 
 examples:
   visionsae extract --model sd-pipe/ --hook text_model.encoder.layers.8 --inputs prompts.txt --out acts/
+  visionsae extract --model sd3-pipe/ --encoder text_encoder_3 --hook encoder.block.12 --inputs prompts.txt --out t5/
   visionsae extract --model efficientnet-lite0 --hook _blocks.15 --inputs photos/ --out acts/ --dtype float16
   visionsae extract --model llava-dir/ --layer 12 --inputs vqa.jsonl --out acts/ --kinds image,text
 """
@@ -44,8 +46,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run the whole forward pass (default: stop after the hooked module)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     g = p.add_argument_group("text encoders")
-    g.add_argument("--encoder", default="text_encoder", help="pipeline text encoder: text_encoder or text_encoder_2")
-    g.add_argument("--max-length", type=int, help="pad/truncate length (default the tokenizer's, 77 for CLIP)")
+    g.add_argument("--encoder", default="text_encoder",
+                   help="pipeline text encoder: text_encoder, text_encoder_2 (SDXL's second CLIP, Flux's T5) "
+                        "or text_encoder_3 (SD3's T5)")
+    g.add_argument("--max-length", type=int,
+                   help="pad/truncate length (default the tokenizer's, 77 for CLIP; a pipeline's T5: its "
+                        "max_sequence_length, SD3 256, Flux 512)")
     g.add_argument("--padding", choices=["max_length", "longest"], default="max_length",
                    help="pad to --max-length as the pipelines do (default) or to the longest prompt")
     g.add_argument("--attention-mask", choices=["auto", "on", "off"], default="auto",

@@ -3,8 +3,10 @@
 Model specs
 -----------
 ``DIR`` with ``model_index.json``
-    a diffusers pipeline: its text encoder (``encoder="text_encoder"`` or ``"text_encoder_2"``)
-    with its tokenizer, loaded alone (the UNet and VAE are not read).
+    a diffusers pipeline: one of its text encoders (``encoder="text_encoder"``,
+    ``"text_encoder_2"`` or SD3's ``"text_encoder_3"``) with its tokenizer, loaded alone (the
+    denoiser and VAE are not read); a T5's prompts are padded to the pipeline's default
+    ``max_sequence_length`` (SD3: 256, Flux: 512) unless a length is given.
 ``DIR`` with ``config.json``
     a transformers model: LLaVA-style VLMs (``model_type`` llava) with their processor,
     vision models (DINOv2, ViT, CLIP vision ...) with their image processor when one is saved,
@@ -52,6 +54,7 @@ class LoadedModel:
     tokenizer: Any = None
     processor: Any = None  # image processor (image) or multimodal processor (vlm)
     info: dict = field(default_factory=dict)  # how it was loaded, for the manifest
+    text_defaults: dict = field(default_factory=dict)  # source options the model's pipeline implies (max_length)
 
 
 def read_text_lines(path: str | Path) -> list[str]:
@@ -154,6 +157,22 @@ def _transformers_class(config_path: Path, fallback: str):
     return getattr(transformers, fallback), cfg
 
 
+def _diffusers_class(model_index: Path):
+    """The pipeline class that ``model_index.json`` names, or None where diffusers has none of that name."""
+    try:
+        name = json.loads(model_index.read_text()).get("_class_name")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+    if not isinstance(name, str):
+        return None
+    import diffusers
+
+    try:
+        return getattr(diffusers, name, None)
+    except Exception:  # diffusers' lazy import of a pipeline whose dependencies are missing
+        return None
+
+
 def load_model(spec: str, *, encoder: str = "text_encoder", weights: str | None = None, device: str = "cpu") -> LoadedModel:
     """Load the model named by ``spec`` (see the module doc)."""
     if spec.startswith("timm:"):
@@ -207,14 +226,24 @@ def load_model(spec: str, *, encoder: str = "text_encoder", weights: str | None 
     if (root / "model_index.json").exists():  # a diffusers pipeline: its text encoder only
         from transformers import AutoTokenizer
 
+        from visionsae.sources.text import encoder_name, pipeline_max_length
+
+        encoder = encoder_name(encoder)
         if not (root / encoder / "config.json").exists():
-            raise UsageError(f"pipeline {root} has no {encoder}/ (try --encoder text_encoder or text_encoder_2)")
-        cls, _ = _transformers_class(root / encoder / "config.json", "AutoModel")
+            have = sorted(p.name for p in root.glob("text_encoder*") if (p / "config.json").exists())
+            raise UsageError(f"pipeline {root} has no {encoder}/ (its text encoders: {', '.join(have) or 'none'})")
+        cls, cfg = _transformers_class(root / encoder / "config.json", "AutoModel")
         model = cls.from_pretrained(root / encoder)
         tok_dir = root / encoder.replace("text_encoder", "tokenizer")
         tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+        defaults = {}
+        pipeline_class = _diffusers_class(root / "model_index.json")
+        if pipeline_class is not None:
+            length = pipeline_max_length(pipeline_class, cfg.get("model_type", ""))
+            if length is not None:
+                defaults["max_length"] = length
         return LoadedModel(model.to(device).eval(), "text", tokenizer=tokenizer,
-                           info={"model": str(root), "encoder": encoder})
+                           info={"model": str(root), "encoder": encoder}, text_defaults=defaults)
     if not (root / "config.json").exists():
         raise UsageError(f"{root} has neither model_index.json (diffusers) nor config.json (transformers)")
     cls, cfg = _transformers_class(root / "config.json", "AutoModel")
@@ -261,7 +290,7 @@ def build_source(loaded: LoadedModel, input_kind: str, *, hook: str | None = Non
     if input_kind == "text":
         if loaded.kind != "text" or loaded.tokenizer is None:
             raise UsageError(f"prompt inputs need a text encoder with a tokenizer, got a {loaded.kind} model")
-        text_opts = {k: v for k, v in text_opts.items() if v is not None}
+        text_opts = {**loaded.text_defaults, **{k: v for k, v in text_opts.items() if v is not None}}
         return TextEncoderSource(loaded.model, loaded.tokenizer, hook, **text_opts, **common)
     if input_kind == "image":
         if loaded.kind not in ("image", "module"):

@@ -1,13 +1,24 @@
-"""Text encoders: any transformers text encoder, including the CLIP text encoder(s) of a
-diffusers pipeline (SD 1.x/2.x: one; SDXL: two, a hook each).
+"""Text encoders: any transformers text encoder, including the text encoders of a diffusers
+pipeline, a hook each: SD 1.x/2.x one CLIP; SDXL two CLIPs; SD3 two CLIPs (``text_encoder``,
+``text_encoder_2``) and a T5 (``text_encoder_3``); Flux a CLIP (``text_encoder``, of which the
+pipeline keeps only the pooled vector) and a T5 (``text_encoder_2``).
 
-Prompts are tokenised the way diffusers' ``encode_prompt`` does (pad to the tokenizer's
-``model_max_length`` -- 77 for CLIP --, truncate, and pass an attention mask only when the
-encoder's config sets ``use_attention_mask``), so the rows are the activations the UNet sees.
+Prompts are tokenised the way diffusers' ``encode_prompt`` does (pad to a fixed length,
+truncate, and pass an attention mask only when the encoder's config sets
+``use_attention_mask``), so the rows are the activations the denoiser sees. The length is the
+tokenizer's ``model_max_length`` for CLIP (77); for the T5 encoder of SD3 and Flux it is the
+pipeline's ``max_sequence_length`` default (SD3: 256, Flux: 512; :func:`pipeline_max_length`).
+
+Which tokens there are: CLIP has ``<|startoftext|>`` (START), the prompt's tokens (TEXT),
+``<|endoftext|>`` (END) and padding (PAD). T5 has no start token: TEXT from the first row, its
+``</s>`` END, then ``<pad>`` PAD. SD3 and Flux run T5 without an attention mask, so its pad
+rows attend to the prompt (T5's attention is bidirectional), carry it, and reach the
+transformer; they are kept unless ``skip_padding`` (or ``--kinds text,end``) leaves them out.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Sequence
 
 import torch
@@ -18,6 +29,28 @@ from visionsae.sources.base import ActivationSource, rows_from_tokens, tokens_of
 from visionsae.store import ActivationBatch, TokenKind
 
 _HUGE = 10**6  # tokenizers without a length limit report ~1e30 as model_max_length
+ENCODERS = {1: "text_encoder", 2: "text_encoder_2", 3: "text_encoder_3"}  # a pipeline's text encoders by number
+
+
+def encoder_name(encoder: int | str) -> str:
+    """``text_encoder``, ``text_encoder_2`` ... of ``encoder`` given as 1, 2, 3, "2" or a name."""
+    if isinstance(encoder, str) and encoder.isdigit():
+        encoder = int(encoder)
+    return ENCODERS.get(encoder, f"text_encoder_{encoder}") if isinstance(encoder, int) else str(encoder)
+
+
+def pipeline_max_length(pipeline_class: type, model_type: str) -> int | None:
+    """The length a diffusers pipeline pads an encoder's prompts to, where it is not the
+    tokenizer's: for an encoder that is not CLIP (``model_type`` of its config, e.g. ``t5``), the
+    default ``max_sequence_length`` of the pipeline's ``encode_prompt`` (SD3: 256, Flux: 512).
+    None where the pipeline has no such argument (SD, SDXL) or the encoder is a CLIP (77)."""
+    if str(model_type).startswith("clip"):
+        return None
+    encode = getattr(pipeline_class, "encode_prompt", None)
+    param = inspect.signature(encode).parameters.get("max_sequence_length") if encode is not None else None
+    if param is None or not isinstance(param.default, int):
+        return None
+    return int(param.default)
 
 
 def check_prompt_text(prompt: object, what: str = "the prompt") -> str:
@@ -50,7 +83,8 @@ class TextEncoderSource(ActivationSource):
         Module path inside ``text_encoder`` (``text_model.encoder.layers.8``,
         ``encoder.layer.3``, ``text_model.final_layer_norm``).
     max_length:
-        Length to pad and truncate to; default the tokenizer's ``model_max_length`` (77 for CLIP).
+        Length to pad and truncate to; default the tokenizer's ``model_max_length`` (77 for CLIP;
+        :meth:`from_pipeline` passes SD3's / Flux's ``max_sequence_length`` for their T5).
     padding:
         ``"max_length"`` (as the pipelines) or ``"longest"`` (pad to the longest prompt of the batch;
         faster for encoders with a 512-token limit, but then a token's activations can depend on the
@@ -105,14 +139,19 @@ class TextEncoderSource(ActivationSource):
 
     @classmethod
     def from_pipeline(cls, pipe: Any, hook: str, *, encoder: int | str = 1, **kw) -> "TextEncoderSource":
-        """The text encoder of a diffusers pipeline: ``encoder=1`` is ``pipe.text_encoder`` with
-        ``pipe.tokenizer``, ``encoder=2`` is SDXL's ``pipe.text_encoder_2`` with ``pipe.tokenizer_2``
-        (a name such as ``"text_encoder_2"`` works too)."""
-        name = {1: "text_encoder", 2: "text_encoder_2", "1": "text_encoder", "2": "text_encoder_2"}.get(encoder, encoder)
-        tok_name = str(name).replace("text_encoder", "tokenizer")
-        enc, tok = getattr(pipe, str(name), None), getattr(pipe, tok_name, None)
+        """The text encoder of a diffusers pipeline with its tokenizer: ``encoder=1`` is
+        ``pipe.text_encoder`` with ``pipe.tokenizer``, ``2`` is ``text_encoder_2`` (SDXL's second
+        CLIP, Flux's T5), ``3`` is ``text_encoder_3`` (SD3's T5); a name such as
+        ``"text_encoder_2"`` works too. A T5's prompts are padded to the pipeline's default
+        ``max_sequence_length`` unless ``max_length`` is given."""
+        name = encoder_name(encoder)
+        tok_name = name.replace("text_encoder", "tokenizer")
+        enc, tok = getattr(pipe, name, None), getattr(pipe, tok_name, None)
         if enc is None or tok is None:
-            raise ValueError(f"{type(pipe).__name__} has no {name} with a {tok_name}")
+            have = [n for n in ENCODERS.values() if getattr(pipe, n, None) is not None]
+            raise ValueError(f"{type(pipe).__name__} has no {name} with a {tok_name} (it has {have})")
+        if kw.get("max_length") is None:
+            kw["max_length"] = pipeline_max_length(type(pipe), getattr(enc.config, "model_type", ""))
         return cls(enc, tok, hook, **kw)
 
     def describe(self) -> dict:
