@@ -74,6 +74,7 @@ class Eraser:
         self._lock = threading.Lock()
         self._labels: tuple[Any, Any] | None = None  # (values [K, n], prompt ids [K, n]) of the top label prompts
         self._keep_stats = None
+        self._keep_codes = None  # pooled SAE codes of the generic prompts (a typed linear concept)
         self._typed: dict[tuple, Any] = {}  # (name, examples) -> Concept
 
     # -- construction
@@ -160,6 +161,9 @@ class Eraser:
         key = (name, tuple(examples))
         if key in self._typed:
             return self._typed[key]
+        if self.concepts.score == "linear":
+            self._typed[key] = self._typed_linear_concept(name, examples)
+            return self._typed[key]
         if self._keep_stats is None:
             self._keep_stats = prompt_stats(self.sae, self.source, self.keep_prompts, top_n=8)
         stats = prompt_stats(self.sae, self.source, examples, top_n=8)
@@ -178,6 +182,31 @@ class Eraser:
                            "max_features": 32, "prompts": len(examples), "keep_prompts": len(self.keep_prompts)})
         self._typed[key] = concept
         return concept
+
+    def _typed_linear_concept(self, name: str, examples: Sequence[str]):
+        """A linear concept (the zoo's kind) fitted on the examples against the generic prompts;
+        its threshold the lowest example score, so every example is flagged."""
+        from visionsae.concepts import Concept
+        from visionsae.concepts.linear import fit_linear, pooled_codes
+
+        if self._keep_codes is None:
+            self._keep_codes = pooled_codes(self.sae, self.source, self.keep_prompts)
+        pos = pooled_codes(self.sae, self.source, list(examples))
+        try:
+            fit = fit_linear(pos, self._keep_codes, min_support=max(1, len(examples) // 2))
+        except ValueError:
+            fit = None
+        if fit is None or not fit.positive:
+            raise AppError(f"No SAE feature is specific to {name!r} in these {len(examples)} examples (a feature must "
+                           "fire in at least half of them and weigh against generic prompts); give more or clearer "
+                           "examples.")
+        threshold = float(fit.score(pos).min())
+        fpr = float((fit.score(self._keep_codes) >= threshold).float().mean())
+        cal = {"threshold": threshold, "recall": 1.0, "fpr": fpr, "n_positive": len(examples),
+               "n_keep": len(self.keep_prompts)}
+        return Concept(name, fit.features, fit.weights, threshold, cal,
+                       {"method": "linear", "prompts": len(examples), "keep_prompts": len(self.keep_prompts)},
+                       edit_features=sorted(fit.positive), weights=fit.weights, bias=fit.bias)
 
     @staticmethod
     def _tensor(ids):

@@ -49,7 +49,8 @@ def pooled_codes(sae: SparseAutoencoder, source, prompts: Sequence[str], batch_s
                 vals.append(torch.log1p(top[keep]))
             start += values.shape[0]
     index = torch.stack([torch.cat(rows), torch.cat(cols)]) if rows else torch.zeros(2, 0, dtype=torch.long)
-    return torch.sparse_coo_tensor(index, torch.cat(vals) if vals else torch.zeros(0), (len(prompts), sae.n_latents)).coalesce()
+    return torch.sparse_coo_tensor(index, torch.cat(vals) if vals else torch.zeros(0), (len(prompts), sae.n_latents),
+                                   check_invariants=False).coalesce()
 
 
 @dataclass

@@ -28,8 +28,10 @@ import torch
 # zeroing the features left 67% of sneaker prompts drawn as sneakers). See the README.
 HOOK = "encoder.layer.5"
 SAE_DIR = "fashion-text-sae"
-# How ItD deactivates a flagged class on the zoo, chosen on the calibrate family
-# (`visionsae eval erasure --family calibrate --value ...`; see the README).
+# How ItD deactivates a flagged class on the zoo, chosen on the calibrate family: with
+# `visionsae eval erasure --family calibrate --per-kind 4 --value V`, -1 left 3.2% of the flagged
+# sneaker / bag / trouser prompts drawn as the erased class, -2 and -3 none; -2 is the weakest
+# that erased them all (see the README).
 ERASE_MODE = "scale"
 ERASE_VALUE = -2.0
 MAX_FPR = 0.01  # each calibrate group (other classes, near misses, generic) flags at most this share
