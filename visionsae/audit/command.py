@@ -8,6 +8,9 @@ Inputs, either:
   where G is a path, a list of paths (several samples of one generator) or an object
   ``{"generator name": path or list, ...}``; relative paths are read from the file's folder.
   A real image and the images generated from its caption are paired in the bootstrap.
+  An optional ``"group"`` (e.g. the caption's class; every record or none) ranks concepts by
+  the energy the most affected group misses or gains, so a class the generator has lost tops
+  the suppressed list, and the report names the group ("concepts of captions like X").
 
 The backbone is a model spec of ``visionsae extract`` (``--model``): a DINOv2 ViT-B/14 with
 registers by default (timm, with ``--weights``), a transformers DINOv2 directory, or the real
@@ -58,28 +61,38 @@ def read_jsonl(path: str | Path):
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"JSONL {p} does not exist")
-    real, real_keys, real_caps = [], [], []
-    gens: dict[str, tuple[list, list, list]] = {}
+    real, real_keys, real_caps, real_groups = [], [], [], []
+    gens: dict[str, tuple[list, list, list, list]] = {}
+    grouped = None  # whether the records carry a "group" (all of them or none)
     for n, rec in read_jsonl_objects(p):
         if "real" not in rec or "generated" not in rec:
-            raise ValueError(f"{p}:{n}: expected an object with 'real' and 'generated' (and 'caption'), got keys {sorted(rec)}")
+            raise ValueError(f"{p}:{n}: expected an object with 'real' and 'generated' (and 'caption', 'group'), "
+                             f"got keys {sorted(rec)}")
+        if grouped is None:
+            grouped = "group" in rec
+        elif grouped != ("group" in rec):
+            raise ValueError(f"{p}:{n}: {'no' if grouped else 'a'} 'group' here but {'' if grouped else 'no '}'group' "
+                             "in the first record; give every record a group (e.g. its class) or none")
         caption = str(rec.get("caption", ""))
+        group = str(rec.get("group", ""))
         key = f"{n}"
         for r in _listed(rec["real"], p.parent, f"{p}:{n} real"):
             real.append(r)
             real_keys.append(key)
             real_caps.append(caption)
+            real_groups.append(group)
         gen = rec["generated"] if isinstance(rec["generated"], dict) else {"generated": rec["generated"]}
         for name, value in gen.items():
-            items, keys, caps = gens.setdefault(str(name), ([], [], []))
+            items, keys, caps, groups = gens.setdefault(str(name), ([], [], [], []))
             for g in _listed(value, p.parent, f"{p}:{n} generated[{name!r}]"):
                 items.append(g)
                 keys.append(key)
                 caps.append(caption)
+                groups.append(group)
     if not real:
         raise ValueError(f"{p} holds no records")
-    return (ImageSet("real", real, real_keys, real_caps),
-            [ImageSet(_set_name(name), *v) for name, v in gens.items()])
+    return (ImageSet("real", real, real_keys, real_caps, real_groups if grouped else None),
+            [ImageSet(_set_name(name), *v[:3], v[3] if grouped else None) for name, v in gens.items()])
 
 
 def _set_name(text: str) -> str:
