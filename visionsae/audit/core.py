@@ -49,9 +49,9 @@ class AuditConfig:
     """How the audit measures, ranks and reports; every field is a ``visionsae audit`` flag."""
 
     t_low: float = 0.1
-    """A concept with delta below this is suppressed by the generator."""
+    """A concept with delta below this is flagged suppressed (the paper's threshold; flags do not change the ranking, which `visionsae eval audit` measured: lost classes at median rank 1)."""
     t_high: float = 0.9
-    """A concept with delta above this is exaggerated by the generator."""
+    """A concept with delta above this is flagged exaggerated (the paper's; a class drawn 3x as often reaches only ~0.75, so read the ranking, not the flag)."""
     min_support: int = 5
     """Rank only concepts that fire in at least this many images (real and generated together)."""
     bootstrap: int = 200
@@ -75,9 +75,9 @@ class AuditConfig:
     shard_rows: int = 16384
     """Rows per store shard: the unit the audit streams (memory scales with it, not with the number of images)."""
     sae_latents: int = 256
-    """Latents of the RA-SAE trained on the real set when no SAE is given."""
+    """Latents of the RA-SAE trained on the real set when no SAE is given (the size `visionsae eval audit` measured on 200 real images; more real images can carry more)."""
     sae_k: int = 8
-    """Active latents per token of that SAE (TopK)."""
+    """Active latents per token of that SAE (TopK; measured with 256 latents)."""
     sae_samples: int = 400_000
     """Training rows of that SAE (the real set's tokens, repeated as needed)."""
     sae_batch: int = 2048
