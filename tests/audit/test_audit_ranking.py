@@ -78,9 +78,9 @@ def test_a_lost_group_outranks_a_larger_diffuse_loss():
     assert t_groups["rank_suppressed_by_gap"] == t_plain["rank_suppressed"]  # the old order is still in the JSON
     assert set(t_groups["suppressed"]) == {0, 1}  # the flags do not depend on the ranking
     # the groups' shifts add up to the whole gap
-    names, shift = group_shifts(_stats(real, keys, cfg, groups), _stats(gen, keys, cfg, groups))
+    names, shift, group_delta = group_shifts(_stats(real, keys, cfg, groups), _stats(gen, keys, cfg, groups))
     torch.testing.assert_close(shift.sum(0).float(), (real.mean(0) - gen.mean(0)).float(), atol=1e-5, rtol=1e-5)
-    assert names == classes
+    assert names == classes and float(group_delta[3, 0]) == 0.0 and float(group_delta[0, 2]) == 0.5
 
 
 def test_an_over_drawn_group_tops_the_exaggerated_ranking():
