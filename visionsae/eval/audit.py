@@ -2,19 +2,28 @@
 
 Real = Fashion-MNIST test images (28x28 in the 2-pixel black frame the zoo generator was
 trained on). Generated = the zoo text-to-image pipeline's images for the same captions
-(held-out caption templates, paired one to one), with three things planted:
+(held-out caption templates, paired by caption).
 
-* a **suppressed** class: its captions are answered by the ItD pipeline that erases it;
-* an **exaggerated** class: its captions are drawn ``factor`` times each (over-generated);
-* a **copy**: one generated image is a real image (plus faint noise).
+By default the plants **rotate** (:func:`rotation`), per seed: every class in turn
+
+* **omitted**: its captions drawn as the next class (that class's second draws);
+* **erased**: its captions answered by the ItD pipeline that erases it
+  (``ItDStableDiffusionPipeline.wrap``);
+* **exaggerated**: its captions drawn 3 times each;
+
+and **copies**: the first caption of a few classes answered by its real image plus faint
+noise. Each plant is one generator of a JSONL that ``visionsae audit --jsonl`` reads (the
+eval reads it with the same reader, backbone and defaults), with the caption's class as its
+``group``. Per plant: the rank (1 = top) of the planted class's first concept (a concept
+belongs to the class holding at least half its energy: in the real images for suppression,
+in the unplanted generated images for exaggeration), and per kind and seed the median and
+worst rank; the copies' place among the memorisation candidates and the false flags per
+1,000 generated images. Seed 0 chose the ranking statistic and the defaults (dev); the other
+seeds test them. ``--single`` runs the earlier single plant (sneaker erased, trouser
+exaggerated, a bag copy) with the RA-SAE's stability and a second generator.
 
 Backbone: the real EfficientNet-Lite0 (block 15, a 4x4 grid of 320-d tokens at 128 px); the
-concepts are an RA-SAE trained on the real images' tokens. A concept belongs to the class
-holding most of its real energy. The report gives the rank of the planted classes' first
-concept in the suppressed and exaggerated rankings (1 = top), whether the copy is flagged
-as memorised, the stability of the RA-SAE across an independent second initialisation, and
-(with ``--second-generator``) the correlation of deltas with an unplanted run of the same
-generator. Writes ``eval-audit.json`` and the HTML report to ``--out-dir``.
+concepts are an RA-SAE trained on the real images' tokens.
 """
 
 from __future__ import annotations
@@ -448,6 +457,8 @@ def rotation(out_dir: str | Path = "runs/eval-audit-rotation", per_class: int = 
             "seconds": {"generation": pool.get("generation_seconds"), "audit": audit_seconds,
                         "total": time.perf_counter() - t0},
             "jsonl": str(jsonl),
+            "command": f"visionsae audit --jsonl {jsonl} --model efficientnet-lite0 --seed {seed} "
+                       f"--out-dir {out / f'seed{seed}' / 'audit'}",  # the same audit (with its report) from the CLI
         }
     pooled = {}
     for kind in ("omit", "itd", "exag"):
