@@ -338,9 +338,10 @@ def plant_records(pool: dict, copy_classes: Sequence[str], noise: float = 2.0, s
     for c in copy_classes:
         r = next(r for r in recs if r["group"] == c)
         real_rgb = np.asarray(Image.open(r["real"]).convert("RGB")).astype(np.float64)
-        path = Path(r["real"]).parents[1] / "copies" / f"{r['key']}.png"
-        copies[r["key"]] = _save((real_rgb + rng.normal(0, noise, real_rgb.shape[:2] + (1,))).round().clip(0, 255)
-                                 .astype(np.uint8), path)
+        path = Path(r["real"]).parents[1] / "copies" / f"{r['key']}-noise{noise:g}-seed{seed}.png"
+        rgb = (real_rgb + rng.normal(0, noise, real_rgb.shape[:2] + (1,))).round().clip(0, 255).astype(np.uint8)
+        # written once: a rewrite (same pixels, new file) would make a resumed audit's store refuse it
+        copies[r["key"]] = str(path) if path.exists() else _save(rgb, path)
     out = []
     for r in recs:
         g = r["group"]
