@@ -188,5 +188,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{g.name}: {len(t['suppressed'])} suppressed, {len(t['exaggerated'])} exaggerated of "
               f"{sum(t['supported'])} ranked concepts; top suppressed {t['rank_suppressed'][:5]}, top exaggerated "
               f"{t['rank_exaggerated'][:5]}; {mem['flagged']} memorisation candidates")
+        if t["ranking"] == "group":
+            print(f"  missing most: concepts of the captions of groups {[t['group_suppressed'][k] for k in t['rank_suppressed'][:3]]}; "
+                  f"over-drawn most: {[t['group_exaggerated'][k] for k in t['rank_exaggerated'][:3]]}")
     print(f"report: {report}\nJSON: {Path(args.out_dir) / 'audit.json'}")
     return 0
