@@ -110,3 +110,17 @@ def test_jsonl_groups_reach_both_sides_and_must_be_all_or_none(tmp_path):
     p.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(ValueError, match=r"pairs.jsonl:2: no 'group' here"):
         read_jsonl(p)
+
+
+def test_subfolders_of_the_folders_are_groups(tmp_path):
+    from PIL import Image
+
+    from visionsae.audit.command import read_folders
+
+    for rel in ("real/bag/a.png", "real/coat/b.png", "gen/bag/c.png", "flat/d.png", "flat/coat/e.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / rel)
+    real, (gen,) = read_folders(str(tmp_path / "real"), [str(tmp_path / "gen")])
+    assert real.groups == ["bag", "coat"] and gen.groups == ["bag"] and gen.name == "gen"
+    _, (flat,) = read_folders(str(tmp_path / "real"), [str(tmp_path / "flat")])
+    assert flat.groups is None  # an image outside any subfolder: no groups (the set-wide ranking)
