@@ -72,3 +72,16 @@ def test_ranks_of_the_planted_class_and_their_summary():
     s = _summary([1, 4, 2])
     assert s["median"] == 2 and s["worst"] == 4 and s["in_top3"] == 2
     assert math.isinf(_summary([None])["median"])
+
+
+def test_test_figures_leave_out_the_dev_seed():
+    from visionsae.eval.audit import DEV_SEEDS, pooled_ranks
+
+    assert DEV_SEEDS == (0,)
+    seeds = {"0": {"plants": {"omit-bag": {"rank": 1}, "exag-bag": {"rank": 1}}},
+             "1": {"plants": {"omit-bag": {"rank": 7}, "exag-bag": {"rank": 2}}},
+             "2": {"plants": {"omit-bag": {"rank": 3}, "exag-bag": {"rank": None}}}}
+    pooled = pooled_ranks(seeds)
+    assert pooled["omit"]["test_seeds"]["ranks"] == [7, 3] and pooled["omit"]["all_seeds"]["ranks"] == [1, 7, 3]
+    assert pooled["exag"]["test_seeds"]["worst"] is None and "itd" not in pooled
+    assert pooled_ranks({"0": seeds["0"]})["omit"]["test_seeds"] is None

@@ -383,6 +383,22 @@ def _summary(ranks: list[int | None], top: int = 3) -> dict:
             f"in_top{top}": sum(r <= top for r in rs), "plants": len(rs)}
 
 
+DEV_SEEDS = (0,)  # the seeds whose plants chose the ranking statistic and the audit's defaults
+
+
+def pooled_ranks(seeds: dict[str, dict]) -> dict[str, dict]:
+    """Per kind of plant, the summary over every seed and over the test seeds alone (not in
+    :data:`DEV_SEEDS`)."""
+    pooled = {}
+    for kind in ("omit", "itd", "exag"):
+        rs = {s: [p["rank"] for n, p in v["plants"].items() if n.startswith(kind + "-")] for s, v in seeds.items()}
+        test = [r for s, v in rs.items() if int(s) not in DEV_SEEDS for r in v]
+        if any(rs.values()):
+            pooled[kind] = {"all_seeds": _summary([r for v in rs.values() for r in v]),
+                            "test_seeds": _summary(test) if test else None}
+    return pooled
+
+
 def rotation(out_dir: str | Path = "runs/eval-audit-rotation", per_class: int = 20, seeds: Sequence[int] = (0, 1, 2),
              *, factor: int = 3, itd: bool = True, copy_classes: Sequence[str] = ("bag", "sneaker", "dress"),
              cfg=None, resolution: int = RESOLUTION, batch: int = 32, progress: bool = True) -> dict[str, Any]:
@@ -448,7 +464,7 @@ def rotation(out_dir: str | Path = "runs/eval-audit-rotation", per_class: int = 
                 kinds[kind] = {**_summary(rs), "by_gap": _summary([p["rank_by_gap"] for n, p in plants.items()
                                                                    if n.startswith(kind + "-")])}
         report["seeds"][str(seed)] = {
-            "split": "dev" if seed == 0 else "test",
+            "split": "dev" if seed in DEV_SEEDS else "test",
             "plants": plants,
             "summary": kinds,
             "copies": {"classes": truth["copy_classes"], "all_top_candidates": set(top) == want,
@@ -461,14 +477,7 @@ def rotation(out_dir: str | Path = "runs/eval-audit-rotation", per_class: int = 
             "command": f"visionsae audit --jsonl {jsonl} --model efficientnet-lite0 --seed {seed} "
                        f"--out-dir {out / f'seed{seed}' / 'audit'}",  # the same audit (with its report) from the CLI
         }
-    pooled = {}
-    for kind in ("omit", "itd", "exag"):
-        rs = [p["rank"] for s in report["seeds"].values() for n, p in s["plants"].items() if n.startswith(kind + "-")]
-        test = [p["rank"] for s in report["seeds"].values() if s["split"] == "test"
-                for n, p in s["plants"].items() if n.startswith(kind + "-")]
-        if rs:
-            pooled[kind] = {"all_seeds": _summary(rs), "test_seeds": _summary(test) if test else None}
-    report["pooled"] = pooled
+    report["pooled"] = pooled_ranks(report["seeds"])
     (out / "eval-audit-rotation.json").write_text(json.dumps(report, indent=2))
     return report
 
