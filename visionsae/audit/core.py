@@ -432,7 +432,8 @@ def concept_table(real: SetStats, gen: SetStats, cfg: AuditConfig) -> dict[str, 
         score_sup = score_exa = None
     else:
         # With groups: the energy the most affected group's captions miss (add), times how much
-        # of that group's energy is missed (added): 1 - the group's own delta (its delta). A
+        # of that group's energy is missed: 1 - the group's own delta (exaggerated: times the
+        # group's delta). A
         # class the generator has lost puts all its concepts' energy into one group's deficit,
         # at group delta ~0; a diffuse texture it does not render spreads its deficit over many
         # groups. Chosen on the dev seed of `visionsae eval audit` (omitted classes in the top 3:

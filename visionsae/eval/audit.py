@@ -454,8 +454,8 @@ def rotation(out_dir: str | Path = "runs/eval-audit-rotation", per_class: int = 
         want = set(truth["copies_generated_ids"])
         top = [c["generated"] for c in mem["candidates"][: len(want)]]
         flagged = [c["generated"] for c in mem["candidates"] if c["flagged"]]
-        false_flags = {n: result.memorisation[n]["flagged"] - (len(want & {c["generated"] for c in result.memorisation[n]["candidates"] if c["flagged"]}) if n == "copies" else 0)
-                       for n in result.memorisation}
+        # every generator's flags but the copies' (a plain image shared by several plants counts once per plant)
+        false_flags = sum(m["flagged"] for m in result.memorisation.values()) - sum(g in want for g in flagged)
         gen_images = sum(len(g.items) for g in generated)
         kinds = {}
         for kind in ("omit", "itd", "exag"):
@@ -469,8 +469,8 @@ def rotation(out_dir: str | Path = "runs/eval-audit-rotation", per_class: int = 
             "summary": kinds,
             "copies": {"classes": truth["copy_classes"], "all_top_candidates": set(top) == want,
                        "flagged": sum(g in want for g in flagged), "of": len(want),
-                       "false_flags": sum(false_flags.values()), "generated_images": gen_images,
-                       "false_flags_per_1000": 1000 * sum(false_flags.values()) / gen_images},
+                       "false_flags": false_flags, "generated_images": gen_images,
+                       "false_flags_per_1000": 1000 * false_flags / gen_images},
             "seconds": {"generation": pool.get("generation_seconds"), "audit": audit_seconds,
                         "total": time.perf_counter() - t0},
             "jsonl": str(jsonl),
