@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     out = "runs/blindspot-audit"
     print("Auditing the zoo generator against Fashion-MNIST (planted: sneakers erased, trousers over-generated, "
           f"one copied image); 20 images per class, offline. Report: {out}/report.html", flush=True)
-    return cli(["eval", "audit", "--out-dir", out, "--per-class", "20", "--no-stability", *argv])
+    return cli(["eval", "audit", "--single", "--out-dir", out, "--per-class", "20", "--no-stability", *argv])
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
         "SAE quality: FVU, L0, dead/dense, AFA check, dark matter, stability, planted recovery, concept agreement.",
     ),
     ("audit",): ("visionsae.audit.command", "Find a generator's blindspots against real images (HTML report + JSON)."),
-    ("eval", "audit"): ("visionsae.eval.audit", "Blindspot audit on the zoo with planted suppressed / exaggerated classes and a copy."),
+    ("eval", "audit"): ("visionsae.eval.audit", "Blindspot audit on the zoo: every class in turn suppressed (omitted, ItD-erased) and exaggerated, copies, over seeds."),
 }
 
 # groups of commands (the first words of multi-word command paths) -> help

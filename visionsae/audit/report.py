@@ -138,6 +138,27 @@ def _tile(item, heat, caption: str) -> str:
             f'<figcaption>{html.escape(caption)}</figcaption></figure>')
 
 
+def _group_summary(table: dict, side: str, order: Sequence[int], result, real) -> str:
+    """One sentence naming the groups whose captions miss (or gain) the top concepts, with a
+    caption of each ("concepts of captions like 'a photo of a sneaker' (group sneaker) are missing")."""
+    where = table.get(f"group_{side}")
+    if not where or not order:
+        return ""
+    by_group: dict[str, list[int]] = {}
+    for rank, k in enumerate(order, 1):
+        by_group.setdefault(str(where[k]), []).append(rank)
+    parts = []
+    for g, ranks in sorted(by_group.items(), key=lambda kv: kv[1][0])[:3]:
+        example = ""
+        if real.captions and real.groups:
+            cap = next((c for c, gr in zip(real.captions, real.groups) if str(gr) == g and c), "")
+            example = f"like &ldquo;{html.escape(cap)}&rdquo; " if cap else ""
+        parts.append(f"concepts of captions {example}(group <b>{html.escape(g)}</b>; ranks "
+                     f"{', '.join(f'#{r}' for r in ranks)})")
+    verb = "are missing or weaker in the generated images" if side == "suppressed" else "are over-represented"
+    return "Ranked by the group whose captions lose (gain) the most energy: " + "; ".join(parts) + f" {verb}."
+
+
 def write_report(result, path: str | os.PathLike, *, real, generated, sae: SparseAutoencoder | None = None) -> Path:
     """Write the HTML report of ``result`` (an :class:`~visionsae.audit.AuditResult`) to ``path``.
 
@@ -173,6 +194,9 @@ def write_report(result, path: str | os.PathLike, *, real, generated, sae: Spars
                     f"{_svg_scatter(t['energy_real'], t['energy_generated'], [d if d is not None else 0.5 for d in t['delta']], t['supported'], cfg['t_low'], cfg['t_high'])}</div>")
         for side, order in (("suppressed", t["rank_suppressed"]), ("exaggerated", t["rank_exaggerated"])):
             body.append(f"<h3>Top {side} concepts</h3>")
+            summary = _group_summary(t, side, order[: cfg["report_concepts"]], result, real)
+            if summary:
+                body.append(f"<p class='summary'>{summary}</p>")
             for rank, k in enumerate(order[: cfg["report_concepts"]], 1):
                 tiles = []
                 for set_name in (real.name, g.name):
@@ -192,6 +216,10 @@ def write_report(result, path: str | os.PathLike, *, real, generated, sae: Spars
                     tot = sum(v[k] for v in gr.values()) or 1
                     best = max(gr, key=lambda n: gr[n][k])
                     group = f"; real energy {gr[best][k] / tot:.0%} in group <b>{html.escape(best)}</b>"
+                where = (t.get(f"group_{side}") or [None] * (k + 1))[k]
+                if where is not None:
+                    group += (f"; {'missed' if side == 'suppressed' else 'added'} mostly for captions of group "
+                              f"<b>{html.escape(str(where))}</b>")
                 body.append(f"<div class='concept'><p>#{rank} concept {k}: delta {t['delta'][k]:.3f} "
                             f"[{t['delta_low'][k]:.3f}, {t['delta_high'][k]:.3f}] ({flag}); E_real {t['energy_real'][k]:.3g}, "
                             f"E_gen {t['energy_generated'][k]:.3g}; support {t['support'][k]} images{group}</p>"

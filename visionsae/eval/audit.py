@@ -2,28 +2,38 @@
 
 Real = Fashion-MNIST test images (28x28 in the 2-pixel black frame the zoo generator was
 trained on). Generated = the zoo text-to-image pipeline's images for the same captions
-(held-out caption templates, paired one to one), with three things planted:
+(held-out caption templates, paired by caption).
 
-* a **suppressed** class: its captions are answered by the ItD pipeline that erases it;
-* an **exaggerated** class: its captions are drawn ``factor`` times each (over-generated);
-* a **copy**: one generated image is a real image (plus faint noise).
+By default the plants **rotate** (:func:`rotation`), per seed: every class in turn
+
+* **omitted**: its captions drawn as the next class (that class's second draws);
+* **erased**: its captions answered by the ItD pipeline that erases it
+  (``ItDStableDiffusionPipeline.wrap``);
+* **exaggerated**: its captions drawn 3 times each;
+
+and **copies**: the first caption of a few classes answered by its real image plus faint
+noise. Each plant is one generator of a JSONL that ``visionsae audit --jsonl`` reads (the
+eval reads it with the same reader, backbone and defaults), with the caption's class as its
+``group``. Per plant: the rank (1 = top) of the planted class's first concept (a concept
+belongs to the class holding at least half its energy: in the real images for suppression,
+in the unplanted generated images for exaggeration), and per kind and seed the median and
+worst rank; the copies' place among the memorisation candidates and the false flags per
+1,000 generated images. Seed 0 chose the ranking statistic and the defaults (dev); the other
+seeds test them. ``--single`` runs the earlier single plant (sneaker erased, trouser
+exaggerated, a bag copy) with the RA-SAE's stability and a second generator.
 
 Backbone: the real EfficientNet-Lite0 (block 15, a 4x4 grid of 320-d tokens at 128 px); the
-concepts are an RA-SAE trained on the real images' tokens. A concept belongs to the class
-holding most of its real energy. The report gives the rank of the planted classes' first
-concept in the suppressed and exaggerated rankings (1 = top), whether the copy is flagged
-as memorised, the stability of the RA-SAE across an independent second initialisation, and
-(with ``--second-generator``) the correlation of deltas with an unplanted run of the same
-generator. Writes ``eval-audit.json`` and the HTML report to ``--out-dir``.
+concepts are an RA-SAE trained on the real images' tokens.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -32,15 +42,12 @@ HOOK = "_blocks.15"
 RESOLUTION = 128
 
 
-def efficientnet_source():
-    """An :class:`ImageSource` on the real EfficientNet-Lite0 at :data:`HOOK`, images at 128 px."""
-    from ..sources.image import ImageSource, ImagePreprocess
-    from ..sources.loading import load_model
+def efficientnet_source(resolution: int = RESOLUTION):
+    """The real EfficientNet-Lite0 at :data:`HOOK`, images at ``resolution`` px: the source
+    ``visionsae audit --model efficientnet-lite0`` builds with its defaults."""
+    from ..audit.command import build_source
 
-    loaded = load_model("efficientnet-lite0")
-    pre = loaded.processor
-    pre = ImagePreprocess((RESOLUTION, RESOLUTION), RESOLUTION, pre.mean, pre.std, "bilinear")
-    return ImageSource(loaded.model, HOOK, preprocess=pre)
+    return build_source("efficientnet-lite0", HOOK, None, "cpu", resolution)
 
 
 def _framed(image28: np.ndarray) -> np.ndarray:
@@ -262,18 +269,264 @@ def evaluate(out_dir: str | Path = "runs/eval-audit", per_class: int = 50, *, se
     return report_json
 
 
+# ----------------------------------------------------------------------------- rotation
+def _pool(out_dir: Path, per_class: int, seed: int, factor: int, itd: bool, batch: int, progress: bool) -> dict:
+    """Real images and the zoo generator's draws for one seed (PNG files, reused when present):
+    per caption ``factor`` stock draws, and (``itd``) one draw by the ItD pipeline erasing the
+    caption's own class. Returns the records (key, caption, group, real, draws, erased)."""
+    from ..zoo import CLASS_NAMES, load_fashion_pipeline, zoo_dir
+    from ..zoo.captions import sample_prompts
+    from ..zoo.data import load_fashion_mnist
+
+    setting = {"per_class": per_class, "seed": seed, "factor": factor, "itd": itd, "version": 1}
+    stamp = out_dir / "pool.json"
+    if stamp.exists():
+        pool = json.loads(stamp.read_text())
+        if pool["setting"] == setting:
+            return pool
+    images, labels = load_fashion_mnist("test")
+    gen = torch.Generator().manual_seed(seed)
+    recs = []
+    for c, name in enumerate(CLASS_NAMES):
+        idx = torch.nonzero(labels == c).squeeze(1)
+        pick = idx[torch.randperm(len(idx), generator=gen)[:per_class]].tolist()
+        for j, (i, caption) in enumerate(zip(pick, sample_prompts(c, per_class, "heldout", seed))):
+            key = f"{name}-{j}"
+            recs.append({"key": key, "caption": caption, "group": name,
+                         "real": _save(_framed(images[i].numpy()), out_dir / "real" / f"{key}.png")})
+    stock = load_fashion_pipeline()
+    stock.set_progress_bar_config(disable=True)
+    settings = dict(stock.zoo_settings)
+    t0 = time.perf_counter()
+    jobs = [(n, r, seed * 1_000_003 + 7 * n + r) for n in range(len(recs)) for r in range(factor)]
+    rgb = _generate(stock, [recs[n]["caption"] for n, _, _ in jobs], [s for *_, s in jobs], settings, batch,
+                    f"generate (seed {seed})", progress)
+    for (n, r, _), im in zip(jobs, rgb):
+        recs[n].setdefault("draws", []).append(_save(im, out_dir / "zoo" / f"{recs[n]['key']}~{r}.png"))
+    if itd:
+        from visionsae.pipelines.itd import ItDStableDiffusionPipeline
+
+        from ..zoo.text_sae import ERASE_MODE, ERASE_VALUE, SAE_DIR
+
+        for name in CLASS_NAMES:  # each class's captions answered by the pipeline erasing that class
+            erased = ItDStableDiffusionPipeline.wrap(stock, zoo_dir() / SAE_DIR, zoo_dir() / SAE_DIR / "concepts.json",
+                                                     [name], mode=ERASE_MODE, value=ERASE_VALUE)
+            which = [n for n, r in enumerate(recs) if r["group"] == name]
+            rgb = _generate(erased, [recs[n]["caption"] for n in which], [seed * 1_000_003 + 7 * n for n in which],
+                            settings, batch, f"generate (ItD-erased {name})", progress)
+            for n, im in zip(which, rgb):
+                recs[n]["erased"] = _save(im, out_dir / "zoo-itd" / f"{recs[n]['key']}.png")
+    pool = {"setting": setting, "records": recs, "generation_seconds": time.perf_counter() - t0}
+    stamp.write_text(json.dumps(pool))
+    return pool
+
+
+def plant_records(pool: dict, copy_classes: Sequence[str], noise: float = 2.0, seed: int = 0) -> tuple[list[dict], dict]:
+    """The JSONL records of ``visionsae audit`` for every plant of one seed's pool, one
+    generator name per plant: ``plain`` (draw 0 of every caption), ``omit-C`` (class C's
+    captions drawn as the next class: its images are that class's second draws), ``itd-C``
+    (class C's captions answered by the pipeline erasing C), ``exag-C`` (class C's captions drawn
+    ``factor`` times) and ``copies`` (plain, with the first caption of each class in
+    ``copy_classes`` answered by its real image plus faint noise). Returns (records, truth)."""
+    from PIL import Image
+
+    recs = pool["records"]
+    names = sorted({r["group"] for r in recs})
+    by_key = {r["key"]: r for r in recs}
+    rng = np.random.default_rng(seed)
+    copies = {}
+    for c in copy_classes:
+        r = next(r for r in recs if r["group"] == c)
+        real_rgb = np.asarray(Image.open(r["real"]).convert("RGB")).astype(np.float64)
+        path = Path(r["real"]).parents[1] / "copies" / f"{r['key']}-noise{noise:g}-seed{seed}.png"
+        rgb = (real_rgb + rng.normal(0, noise, real_rgb.shape[:2] + (1,))).round().clip(0, 255).astype(np.uint8)
+        # written once: a rewrite (same pixels, new file) would make a resumed audit's store refuse it
+        copies[r["key"]] = str(path) if path.exists() else _save(rgb, path)
+    out = []
+    for r in recs:
+        g = r["group"]
+        sub = names[(names.index(g) + 1) % len(names)]
+        gen = {"plain": r["draws"][0], "copies": copies.get(r["key"], r["draws"][0])}
+        for c in names:
+            if g == c:
+                gen[f"omit-{c}"] = by_key[f"{sub}-{r['key'].rsplit('-', 1)[1]}"]["draws"][1]
+                gen[f"exag-{c}"] = list(r["draws"])
+                if "erased" in r:
+                    gen[f"itd-{c}"] = r["erased"]
+            else:
+                gen[f"omit-{c}"] = gen[f"exag-{c}"] = r["draws"][0]
+                if "erased" in r:
+                    gen[f"itd-{c}"] = r["draws"][0]
+        out.append({"caption": r["caption"], "group": g, "real": r["real"], "generated": gen})
+    copy_rows = [i for i, r in enumerate(recs) if r["key"] in copies]  # generated ids in `copies` (one image per caption)
+    return out, {"classes": names, "copies_generated_ids": copy_rows, "copy_classes": list(copy_classes)}
+
+
+def owners(group_energy: dict[str, list[float]], purity: float = 0.5) -> list[str | None]:
+    """Per concept, the group holding at least ``purity`` of its energy (None: no such group)."""
+    names = sorted(group_energy)
+    g = torch.tensor([group_energy[n] for n in names])
+    share = g / g.sum(0).clamp_min(1e-12)
+    s, o = share.max(0)
+    return [names[int(i)] if float(v) >= purity else None for v, i in zip(s, o)]
+
+
+def plant_rank(order: Sequence[int], owner: Sequence[str | None], cls: str) -> int | None:
+    """Rank (1 = top) of the first concept owned by ``cls`` in ``order``."""
+    return next((i + 1 for i, k in enumerate(order) if owner[k] == cls), None)
+
+
+def _summary(ranks: list[int | None], top: int = 3) -> dict:
+    rs = [r if r is not None else math.inf for r in ranks]
+    med = float(np.median(rs)) if rs else None
+    return {"ranks": ranks, "median": med, "worst": None if not rs or math.isinf(max(rs)) else max(rs),
+            f"in_top{top}": sum(r <= top for r in rs), "plants": len(rs)}
+
+
+DEV_SEEDS = (0,)  # the seeds whose plants chose the ranking statistic and the audit's defaults
+
+
+def pooled_ranks(seeds: dict[str, dict]) -> dict[str, dict]:
+    """Per kind of plant, the summary over every seed and over the test seeds alone (not in
+    :data:`DEV_SEEDS`)."""
+    pooled = {}
+    for kind in ("omit", "itd", "exag"):
+        rs = {s: [p["rank"] for n, p in v["plants"].items() if n.startswith(kind + "-")] for s, v in seeds.items()}
+        test = [r for s, v in rs.items() if int(s) not in DEV_SEEDS for r in v]
+        if any(rs.values()):
+            pooled[kind] = {"all_seeds": _summary([r for v in rs.values() for r in v]),
+                            "test_seeds": _summary(test) if test else None}
+    return pooled
+
+
+def rotation(out_dir: str | Path = "runs/eval-audit-rotation", per_class: int = 20, seeds: Sequence[int] = (0, 1, 2),
+             *, factor: int = 3, itd: bool = True, copy_classes: Sequence[str] = ("bag", "sneaker", "dress"),
+             cfg=None, resolution: int = RESOLUTION, batch: int = 32, progress: bool = True) -> dict[str, Any]:
+    """Every class in turn suppressed (by omission and, with ``itd``, by ItD erasure) and
+    exaggerated, and copies of ``copy_classes``, per seed; the audit run as ``visionsae audit
+    --jsonl`` runs it (the same reader and defaults) on the plants' JSONL. Returns (and writes
+    to ``eval-audit-rotation.json``) per plant the rank of the planted class's first concept,
+    and per kind of plant and seed the median and worst rank."""
+    from ..audit import AuditConfig, run_audit
+    from ..audit.command import _set_name, read_jsonl
+
+    out = Path(out_dir)
+    cfg = cfg or AuditConfig(progress=progress)
+    source = efficientnet_source(resolution)
+    report: dict[str, Any] = {
+        "split": "test: plants, classes and seeds chose nothing here; the ranking statistic and the defaults were "
+                 "chosen on seed 0 at 20 images per class (dev), so only seeds other than 0 are out of sample",
+        "setting": {"per_class": per_class, "seeds": list(seeds), "factor": factor, "itd": itd,
+                    "copy_classes": list(copy_classes), "backbone": f"efficientnet-lite0 {HOOK} @ {resolution}px",
+                    "audit": cfg.to_dict()},
+        "seeds": {},
+    }
+    for seed in seeds:
+        t0 = time.perf_counter()
+        pool = _pool(out / f"seed{seed}" / "images", per_class, seed, factor, itd, batch, progress)
+        records, truth = plant_records(pool, copy_classes, seed=seed)
+        jsonl = out / f"seed{seed}" / "pairs.jsonl"
+        jsonl.write_text("".join(json.dumps(r) + "\n" for r in records))
+        real, generated = read_jsonl(jsonl)
+        t1 = time.perf_counter()
+        result = run_audit(source, real, generated, out / f"seed{seed}" / "audit",
+                           cfg=AuditConfig(**{**cfg.to_dict(), "seed": seed}))
+        audit_seconds = time.perf_counter() - t1
+        own_real = owners(result.groups["real"])
+        own_plain = owners(result.groups["plain"])  # what the generator's own images of each class hold
+        plants: dict[str, dict] = {}
+        class_of = {_set_name(c): c for c in truth["classes"]}  # set names spell "ankle boot" as ankle-boot
+        for name, table in result.concepts.items():
+            kind, _, cls = name.partition("-")
+            cls = class_of.get(cls, cls)
+            if kind in ("omit", "itd"):
+                plants[name] = {"class": cls, "side": "suppressed",
+                                "rank": plant_rank(table["rank_suppressed"], own_real, cls),
+                                "rank_by_gap": plant_rank(table["rank_suppressed_by_gap"], own_real, cls),
+                                "top3_groups": [table["group_suppressed"][k] for k in table["rank_suppressed"][:3]]}
+            elif kind == "exag":
+                plants[name] = {"class": cls, "side": "exaggerated",
+                                "rank": plant_rank(table["rank_exaggerated"], own_plain, cls),
+                                "rank_by_gap": plant_rank(table["rank_exaggerated_by_gap"], own_plain, cls),
+                                "rank_owner_in_real": plant_rank(table["rank_exaggerated"], own_real, cls),
+                                "top3_groups": [table["group_exaggerated"][k] for k in table["rank_exaggerated"][:3]]}
+        mem = result.memorisation["copies"]
+        want = set(truth["copies_generated_ids"])
+        top = [c["generated"] for c in mem["candidates"][: len(want)]]
+        flagged = [c["generated"] for c in mem["candidates"] if c["flagged"]]
+        # every generator's flags but the copies' (a plain image shared by several plants counts once per plant)
+        false_flags = sum(m["flagged"] for m in result.memorisation.values()) - sum(g in want for g in flagged)
+        gen_images = sum(len(g.items) for g in generated)
+        kinds = {}
+        for kind in ("omit", "itd", "exag"):
+            rs = [p["rank"] for n, p in plants.items() if n.startswith(kind + "-")]
+            if rs:
+                kinds[kind] = {**_summary(rs), "by_gap": _summary([p["rank_by_gap"] for n, p in plants.items()
+                                                                   if n.startswith(kind + "-")])}
+        report["seeds"][str(seed)] = {
+            "split": "dev" if seed in DEV_SEEDS else "test",
+            "plants": plants,
+            "summary": kinds,
+            "copies": {"classes": truth["copy_classes"], "all_top_candidates": set(top) == want,
+                       "flagged": sum(g in want for g in flagged), "of": len(want),
+                       "false_flags": false_flags, "generated_images": gen_images,
+                       "false_flags_per_1000": 1000 * false_flags / gen_images},
+            "seconds": {"generation": pool.get("generation_seconds"), "audit": audit_seconds,
+                        "total": time.perf_counter() - t0},
+            "jsonl": str(jsonl),
+            "command": f"visionsae audit --jsonl {jsonl} --model efficientnet-lite0 --seed {seed} "
+                       f"--out-dir {out / f'seed{seed}' / 'audit'}",  # the same audit (with its report) from the CLI
+        }
+    report["pooled"] = pooled_ranks(report["seeds"])
+    (out / "eval-audit-rotation.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out-dir", default="runs/eval-audit", help="images, stores, SAE, eval-audit.json, report.html")
-    parser.add_argument("--per-class", type=int, default=50, help="real images (and captions) per class (default: 50)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-stability", action="store_true", help="skip training a second RA-SAE for the stability figure")
-    parser.add_argument("--no-second-generator", action="store_true", help="skip the unplanted second run of the generator")
+    parser.add_argument("--out-dir", default=None,
+                        help="images, stores, SAE and the JSON (default: runs/eval-audit-rotation; with --single "
+                             "runs/eval-audit)")
+    parser.add_argument("--per-class", type=int, default=None,
+                        help="real images (and captions) per class (default: 20 for the rotation, 50 with --single)")
+    parser.add_argument("--seeds", default="0,1,2", help="seeds of the rotation, comma-separated (default: 0,1,2; "
+                                                         "seed 0 chose the ranking and the defaults, the others test them)")
+    parser.add_argument("--no-itd", action="store_true", help="rotate omission and exaggeration only (no ItD-erased plants)")
+    parser.add_argument("--copy-classes", default="bag,sneaker,dress",
+                        help="classes whose first caption is answered by a copy of its real image (default: bag,sneaker,dress)")
+    parser.add_argument("--single", action="store_true",
+                        help="the single plant of earlier versions instead of the rotation (sneaker ItD-erased, "
+                             "trouser exaggerated, a bag copy) with the SAE's stability and a second generator")
+    parser.add_argument("--seed", type=int, default=0, help="seed of --single")
+    parser.add_argument("--no-stability", action="store_true", help="--single: skip training a second RA-SAE for the stability figure")
+    parser.add_argument("--no-second-generator", action="store_true", help="--single: skip the unplanted second run of the generator")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import UsageError
+
     torch.set_num_threads(args.threads)
-    res = evaluate(args.out_dir, args.per_class, seed=args.seed, stability=not args.no_stability,
-                   second_generator=not args.no_second_generator)
-    print(json.dumps(res, indent=2))
+    if args.single:
+        res = evaluate(args.out_dir or "runs/eval-audit", args.per_class or 50, seed=args.seed,
+                       stability=not args.no_stability, second_generator=not args.no_second_generator)
+        print(json.dumps(res, indent=2))
+        return 0
+    from ..zoo import CLASS_NAMES
+
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--seeds: expected comma-separated integers such as 0,1,2, got {args.seeds!r}") from None
+    copies = [c.strip() for c in args.copy_classes.split(",") if c.strip()]
+    bad = [c for c in copies if c not in CLASS_NAMES]
+    if bad or not seeds:
+        raise UsageError(f"--copy-classes: unknown classes {bad}; the zoo's classes are {list(CLASS_NAMES)}" if bad
+                         else "--seeds: give at least one seed")
+    per_class = args.per_class or 20
+    if per_class < 2:
+        raise UsageError(f"--per-class: expected at least 2 images per class, got {per_class}")
+    res = rotation(args.out_dir or "runs/eval-audit-rotation", per_class, seeds, itd=not args.no_itd, copy_classes=copies)
+    print(json.dumps({"pooled": res["pooled"],
+                      "seeds": {s: {"summary": v["summary"], "copies": v["copies"], "seconds": v["seconds"]}
+                                for s, v in res["seeds"].items()}}, indent=2))
     return 0
