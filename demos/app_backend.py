@@ -165,8 +165,9 @@ class Eraser:
             self._typed[key] = self._typed_linear_concept(name, examples)
             return self._typed[key]
         if self._keep_stats is None:
-            self._keep_stats = prompt_stats(self.sae, self.source, self.keep_prompts, top_n=8)
-        stats = prompt_stats(self.sae, self.source, examples, top_n=8)
+            self._keep_stats = prompt_stats(self.sae, self.source, self.keep_prompts, top_n=8,
+                                            skip_first=self.concepts.skip_first)
+        stats = prompt_stats(self.sae, self.source, examples, top_n=8, skip_first=self.concepts.skip_first)
         ids, scores = select_features(stats, self._keep_stats, "itd", min_frequency=0.5, keep_tolerance=0.05,
                                       max_features=32)
         if not ids:
@@ -174,8 +175,10 @@ class Eraser:
                            "be among the strongest in at least half of them and rare in generic prompts); give more "
                            "or clearer examples.")
         group = [self._tensor(ids)]
-        pos = score_prompts(self.sae, self.source, examples, group, self.concepts.score)[:, 0]
-        neg = score_prompts(self.sae, self.source, self.keep_prompts, group, self.concepts.score)[:, 0]
+        pos = score_prompts(self.sae, self.source, examples, group, self.concepts.score,
+                            skip_first=self.concepts.skip_first)[:, 0]
+        neg = score_prompts(self.sae, self.source, self.keep_prompts, group, self.concepts.score,
+                            skip_first=self.concepts.skip_first)[:, 0]
         cal = calibrate(pos, neg, target_recall=1.0)
         concept = Concept(name, ids, scores, cal["threshold"], cal,
                           {"method": "itd", "top_n": 8, "min_frequency": 0.5, "keep_tolerance": 0.05,
@@ -190,8 +193,8 @@ class Eraser:
         from visionsae.concepts.linear import fit_linear, pooled_codes
 
         if self._keep_codes is None:
-            self._keep_codes = pooled_codes(self.sae, self.source, self.keep_prompts)
-        pos = pooled_codes(self.sae, self.source, list(examples))
+            self._keep_codes = pooled_codes(self.sae, self.source, self.keep_prompts, skip_first=self.concepts.skip_first)
+        pos = pooled_codes(self.sae, self.source, list(examples), skip_first=self.concepts.skip_first)
         try:
             fit = fit_linear(pos, self._keep_codes, min_support=max(1, len(examples) // 2))
         except ValueError:
@@ -268,7 +271,8 @@ class Eraser:
                 for i, example in enumerate(examples):
                     self.check_prompt(example, f"example prompt {i + 1} of {new_name!r}")
                 concept = self.typed_concept(new_name, examples)
-                cs = ConceptSet(cs.hook, cs.sae_fingerprint, cs.n_latents, {**cs.concepts, new_name: concept}, cs.score)
+                cs = ConceptSet(cs.hook, cs.sae_fingerprint, cs.n_latents, {**cs.concepts, new_name: concept}, cs.score,
+                                cs.skip_first)
                 names = names + [new_name]
                 new_concept = {"name": new_name, "features": list(concept.features), "examples": len(examples),
                                "threshold": concept.threshold, "fpr_generic": concept.calibration["fpr"],

@@ -17,7 +17,7 @@ import torch
 
 from ..sae import SparseAutoencoder
 from .classifier import calibrate, concept_scores
-from .conceptset import Concept, ConceptSet, sae_fingerprint
+from .conceptset import Concept, ConceptSet, sae_fingerprint, starts_with_special
 from .linear import calibrate_fpr, fit_linear, pooled_codes
 from .normalize import Normalizer, as_read, vocabulary
 from .select import prompt_activations, prompt_stats, select_features
@@ -25,11 +25,11 @@ from .select import prompt_activations, prompt_stats, select_features
 
 @torch.no_grad()
 def score_prompts(sae: SparseAutoencoder, source, prompts: Sequence[str], groups: Sequence[torch.Tensor],
-                  kind: str = "itd", batch_size: int = 64) -> torch.Tensor:
+                  kind: str = "itd", batch_size: int = 64, skip_first: bool = True) -> torch.Tensor:
     """Concept scores ``[P, C]`` of ``prompts`` for ``C`` feature groups."""
     out = []
     for acts in prompt_activations(source, prompts, batch_size):
-        out.append(concept_scores(sae, acts, sae.encode(acts), groups, kind))
+        out.append(concept_scores(sae, acts, sae.encode(acts), groups, kind, skip_first))
     return torch.cat(out)
 
 
@@ -68,13 +68,14 @@ def build_concept_set(
     missing = sorted(set(concept_prompts) - set(heldout_prompts))
     if missing:
         raise ValueError(f"concepts {missing} have no held-out prompts to calibrate on")
-    keep = prompt_stats(sae, source, keep_prompts, top_n, progress=progress)
+    skip = starts_with_special(getattr(source, "tokenizer", None))  # CLIP / BERT: leave the start token out
+    keep = prompt_stats(sae, source, keep_prompts, top_n, skip_first=skip, progress=progress)
     hook = getattr(source, "hook", None) or sae.cfg.hook
-    cs = ConceptSet(hook, sae_fingerprint(sae), sae.n_latents, {}, score)
+    cs = ConceptSet(hook, sae_fingerprint(sae), sae.n_latents, {}, score, skip)
     keep_scores_all = None
     selected: dict[str, tuple[list[int], list[float]]] = {}
     edit_features: dict[str, list[int]] = {}
-    stats = {name: prompt_stats(sae, source, prompts, top_n, progress=False) for name, prompts in concept_prompts.items()}
+    stats = {name: prompt_stats(sae, source, prompts, top_n, skip_first=skip) for name, prompts in concept_prompts.items()}
     for name in concept_prompts:
         negatives = [keep] + ([stats[o] for o in stats if o != name] if others_as_keep else [])
         ids, scores = select_features(stats[name], negatives, method, min_frequency, keep_tolerance, percentile, max_features)
@@ -86,8 +87,8 @@ def build_concept_set(
             edit_features[name] = sorted(set(ids) | set(broad))
     names = list(selected)
     groups = [torch.tensor(selected[n][0]) for n in names]
-    keep_scores_all = score_prompts(sae, source, keep_heldout, groups, score)
-    heldout_scores = {n: score_prompts(sae, source, heldout_prompts[n], groups, score) for n in names}
+    keep_scores_all = score_prompts(sae, source, keep_heldout, groups, score, skip_first=skip)
+    heldout_scores = {n: score_prompts(sae, source, heldout_prompts[n], groups, score, skip_first=skip) for n in names}
     for c, name in enumerate(names):
         pos = heldout_scores[name][:, c]
         neg = keep_scores_all[:, c]
@@ -147,8 +148,10 @@ def build_linear_concept_set(
              for n in names}
     normalizer = Normalizer(w for ws in vocab.values() for w in ws) if normalize else None
 
+    skip = starts_with_special(getattr(source, "tokenizer", None))  # CLIP / BERT: leave the start token out
+
     def codes(prompts):
-        return pooled_codes(sae, source, list(prompts)) if prompts else torch.zeros(0, sae.n_latents).to_sparse()
+        return pooled_codes(sae, source, list(prompts), skip_first=skip) if prompts else torch.zeros(0, sae.n_latents).to_sparse()
 
     bar = tqdm(total=2 * len(names) + 2, desc="build concepts", disable=not progress, unit="step")
     keep = codes(keep_prompts)
@@ -183,7 +186,7 @@ def build_linear_concept_set(
     keep_held = read(keep_heldout)
     bar.update(1)
     hook = getattr(source, "hook", None) or sae.cfg.hook
-    cs = ConceptSet(hook, sae_fingerprint(sae), sae.n_latents, {}, "linear")
+    cs = ConceptSet(hook, sae_fingerprint(sae), sae.n_latents, {}, "linear", skip)
     for n in names:
         groups = {"keep": keep_held[n], "near_misses": read(near_misses_heldout.get(n, ()))[n]}
         if others_as_keep:

@@ -115,7 +115,7 @@ class ConceptClassifier:
     """
 
     def __init__(self, sae: SparseAutoencoder, concepts: ConceptSet, names: Sequence[str] | None = None,
-                 skip_first: bool = True, check: bool = True) -> None:
+                 skip_first: bool | None = None, check: bool = True) -> None:
         if check:
             concepts.check_sae(sae)
         self.sae = sae
@@ -130,7 +130,7 @@ class ConceptClassifier:
                 raise ValueError(f"concept {n!r} has no calibrated threshold; run `visionsae concepts calibrate`")
             if not c.features:
                 raise ValueError(f"concept {n!r} has no features")
-        self.skip_first = skip_first
+        self.skip_first = concepts.skip_first if skip_first is None else skip_first
         self.feature_ids = feature_union(concepts, self.names, edit=True)  # [F]: what an edit changes
         self._groups = [torch.tensor(concepts[n].features, dtype=torch.long) for n in self.names]
         self._weights = [torch.tensor(concepts[n].weights or [], dtype=torch.float32) for n in self.names]

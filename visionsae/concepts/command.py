@@ -214,8 +214,8 @@ def run(args: argparse.Namespace) -> int:
         keep_heldout = read_prompts(args.keep_heldout)
         for name, prompts in heldout.items():
             group = [torch.tensor(cs[name].features)]
-            pos = score_prompts(sae, src, prompts, group, cs.score)[:, 0]
-            neg = score_prompts(sae, src, keep_heldout, group, cs.score)[:, 0]
+            pos = score_prompts(sae, src, prompts, group, cs.score, skip_first=cs.skip_first)[:, 0]
+            neg = score_prompts(sae, src, keep_heldout, group, cs.score, skip_first=cs.skip_first)[:, 0]
             cal = calibrate(pos, neg, args.target_recall)
             cs[name].threshold = cal["threshold"]
             cs[name].calibration = {**cal, "heldout_prompts": len(prompts)}

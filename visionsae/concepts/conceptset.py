@@ -87,6 +87,10 @@ class ConceptSet:
     """Concepts by name."""
     score: str = "itd"
     """The classifier score these thresholds refer to (see visionsae.concepts.classifier.SCORES)."""
+    skip_first: bool = True
+    """Whether the scores leave out each prompt's first token: True for tokenizers that start
+    every prompt with a special token (CLIP's start token, BERT's [CLS]), False for T5, whose
+    first token is the prompt's first word (:func:`starts_with_special`)."""
 
     def __getitem__(self, name: str) -> Concept:
         if name not in self.concepts:
@@ -115,7 +119,8 @@ class ConceptSet:
                                      f"{sae.n_latents - 1}; the set does not fit this SAE (rebuild it)")
 
     def subset(self, names: list[str]) -> "ConceptSet":
-        return ConceptSet(self.hook, self.sae_fingerprint, self.n_latents, {n: self[n] for n in names}, self.score)
+        return ConceptSet(self.hook, self.sae_fingerprint, self.n_latents, {n: self[n] for n in names}, self.score,
+                          self.skip_first)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -140,9 +145,20 @@ class ConceptSet:
             raise ValueError(f"{path} has concept-set version {raw['version']}; this visionsae reads up to {CONCEPTSET_VERSION}")
         try:
             concepts = {name: Concept(**c) for name, c in raw["concepts"].items()}
-            return cls(raw["hook"], raw["sae_fingerprint"], int(raw["n_latents"]), concepts, raw.get("score", "itd"))
+            return cls(raw["hook"], raw["sae_fingerprint"], int(raw["n_latents"]), concepts, raw.get("score", "itd"),
+                       bool(raw.get("skip_first", True)))
         except (KeyError, TypeError) as exc:
             raise ValueError(f"{path} is not a concept set: {exc}") from exc
+
+
+def starts_with_special(tokenizer: Any) -> bool:
+    """Whether ``tokenizer`` starts every prompt with a special token (then a concept score
+    leaves that token out: it carries no word). Without a tokenizer: True, as for CLIP."""
+    if tokenizer is None:
+        return True
+    ids = tokenizer("a").input_ids
+    first = ids[0] if ids else None
+    return first is not None and first in set(getattr(tokenizer, "all_special_ids", []) or [])
 
 
 def _latent_id(f: Any, n_latents: int) -> bool:
