@@ -153,11 +153,16 @@ class ConceptClassifier:
         scores = self.scores(h, code)
         return scores, scores >= self._thresholds
 
-    def gate(self, h: torch.Tensor, code: SparseCode) -> torch.Tensor:
+    def gate(self, h: torch.Tensor, code: SparseCode, also: torch.Tensor | None = None) -> torch.Tensor:
+        """The edit features to deactivate per input ``[B, F]``; ``also [B, C]`` flags inputs for
+        concepts whatever their scores (the eraser's name gate: such decisions say ``"named"``)."""
         scores, flagged = self.classify(h, code)
+        named = also.to(flagged.device) & ~flagged if also is not None else torch.zeros_like(flagged)
+        flagged = flagged | named
         for b in range(h.shape[0]):
             self.decisions.append({
-                n: {"score": float(scores[b, c]), "threshold": float(self._thresholds[c]), "flagged": bool(flagged[b, c])}
+                n: {"score": float(scores[b, c]), "threshold": float(self._thresholds[c]), "flagged": bool(flagged[b, c]),
+                    **({"named": True} if named[b, c] else {})}
                 for c, n in enumerate(self.names)
             })
         return (flagged.float() @ self._membership.float() > 0)  # [B, F]

@@ -79,6 +79,38 @@ def vocabulary(concept_prompts: Sequence[str], keep_prompts: Sequence[str] = (),
     return sorted(words)
 
 
+def name_forms(name: str) -> tuple[str, str]:
+    """A concept name and its plural ("t-shirt", "t-shirts"; "dress", "dresses")."""
+    name = name.lower().strip()
+    plural = name + ("es" if name.endswith(("s", "sh", "ch", "x", "z")) else "s")
+    return name, plural
+
+
+class NameMatcher:
+    """Which of ``names`` a prompt says by name, singular or plural, as whole words (a hyphen
+    joins words: "t-shirt" is not "shirt"). A name directly followed by another name is the
+    modifier of a compound, not the thing: "a dress shirt" says shirt, not dress."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = list(names)
+        forms = {f: n for n in self.names for f in name_forms(n)}
+        alternatives = "|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True))
+        self._forms = forms
+        self._pattern = re.compile(rf"(?<![\w-])({alternatives})(?![\w-])") if forms else None
+
+    def __call__(self, text: str) -> set[str]:
+        if self._pattern is None:
+            return set()
+        text = re.sub(r"\s*-\s*", "-", fold_characters(text).lower())  # decoded "t - shirt" -> "t-shirt"
+        hits = list(self._pattern.finditer(text))
+        said = set()
+        for i, m in enumerate(hits):
+            followed = i + 1 < len(hits) and text[m.end():hits[i + 1].start()].strip() == ""
+            if not followed:
+                said.add(self._forms[m.group(1)])
+        return said
+
+
 def _words(text: str) -> list[str]:
     return re.findall(r"[a-z]+", text)
 

@@ -13,6 +13,12 @@ do, the encoder is given the normal form for that prompt, and the concept is era
 "a photo of a snaeker" is drawn as "a photo of a sneaker" would be with sneakers erased.
 The gate needs the encoder's tokenizer (``tokenizer=``); prompts whose normal form is their
 own text cost nothing.
+
+A third gate, the concept's *name*: a prompt that says a concept's name, singular or plural
+("sneakers", "A PHOTO OF A SNEAKER", "a polaroid of sneaker"), in its own text or its normal
+form, is flagged for it whatever its score (``name_gate=False`` switches that off). It chose
+nothing from data: the name is what a user asks to erase. A name that modifies another name
+("a dress shirt") does not count.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import torch
 from torch import nn
 
 from ..concepts import ConceptClassifier, ConceptSet
-from ..concepts.normalize import Normalizer
+from ..concepts.normalize import NameMatcher, Normalizer
 from ..sae import SparseAutoencoder
 from ..sources.base import output_tensor
 from .edit import EditSpec, FeatureEdit
@@ -39,7 +45,8 @@ class ItDEraser:
     ``mode`` / ``value``: how to deactivate (``zero``; ``scale`` by a negative ``value``
     pushes the features the other way). The hook point is ``hook``, else the concept set's,
     else the SAE's. With ``tokenizer`` (the encoder's) and concepts that have vocabularies,
-    prompts are also classified in their normal form (``normalize=False`` switches that off).
+    prompts are also classified in their normal form (``normalize=False`` switches that off),
+    and a prompt that says a concept's name is flagged for it (``name_gate=False``: not).
     Attach with :meth:`attach` or ``with eraser:``; ``enabled`` toggles it.
     """
 
@@ -55,6 +62,7 @@ class ItDEraser:
         keep_error: bool = True,
         tokenizer: Any = None,
         normalize: bool = True,
+        name_gate: bool = True,
     ) -> None:
         hook = hook or concepts.hook or sae.cfg.hook
         if not hook:
@@ -66,8 +74,10 @@ class ItDEraser:
         self.tokenizer = tokenizer
         words = sorted({w for n in self.classifier.names for w in concepts[n].vocabulary})
         self.normalizer = Normalizer(words) if (normalize and tokenizer is not None and words) else None
+        self.matcher = NameMatcher(self.classifier.names) if (name_gate and tokenizer is not None) else None
         self._settings = {"names": list(self.classifier.names), "hook": hook, "mode": mode, "value": float(value),
-                          "keep_error": bool(keep_error), "normalize": bool(normalize)}
+                          "keep_error": bool(keep_error), "normalize": bool(normalize), "name_gate": bool(name_gate)}
+        self._named: torch.Tensor | None = None  # [B, C] of the coming forward: prompts that say a name
         self._pre_handle = None
         self._reading = False  # inside the normal-form gate's own encoder call
         self._read_as: dict[int, str] = {}  # rows of the coming forward given in their normal form
@@ -97,7 +107,7 @@ class ItDEraser:
 
     def attach(self) -> "ItDEraser":
         self.edit.attach()
-        if self.normalizer is not None and self._pre_handle is None:
+        if (self.normalizer is not None or self.matcher is not None) and self._pre_handle is None:
             self._pre_handle = self.text_encoder.register_forward_pre_hook(self._normal_form_gate, with_kwargs=True)
         return self
 
@@ -147,19 +157,21 @@ class ItDEraser:
     # ------------------------------------------------------------------ gates
     def _gate(self, h: torch.Tensor, code) -> torch.Tensor:
         first = len(self.classifier.decisions)
-        out = self.classifier.gate(h, code)
+        named = self._named if self._named is not None and self._named.shape[0] == h.shape[0] else None
+        out = self.classifier.gate(h, code, also=named)
         for row, text in self._read_as.items():
             if first + row < len(self.classifier.decisions):
                 self.classifier.decisions[first + row]["read_as"] = text
-        self._read_as = {}
+        self._read_as, self._named = {}, None
         return out
 
     def _normal_form_gate(self, module: nn.Module, args: tuple, kwargs: dict):
-        """Before the encoder runs: give it the normal form of every prompt whose normal form
-        (but not necessarily its own text) carries a concept."""
+        """Before the encoder runs: note which prompts say a concept's name (in their own text or
+        their normal form), and give the encoder the normal form of every prompt whose normal
+        form (but not necessarily its own text) carries a concept."""
         if self._reading:
             return None
-        self._read_as = {}
+        self._read_as, self._named = {}, None
         if not self.edit.enabled:
             return None
         positional = bool(args)
@@ -167,7 +179,11 @@ class ItDEraser:
         if not isinstance(ids, torch.Tensor) or ids.ndim != 2:
             return None  # called with embeddings: nothing to read
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
-        normal = [self.normalizer(t) for t in texts]
+        normal = [self.normalizer(t) for t in texts] if self.normalizer is not None else list(texts)
+        names = self.classifier.names
+        if self.matcher is not None:
+            said = [self.matcher(t) | self.matcher(n) for t, n in zip(texts, normal)]
+            self._named = torch.tensor([[c in s for c in names] for s in said], dtype=torch.bool).reshape(len(texts), len(names))
         changed = [i for i, (a, b) in enumerate(zip(texts, normal)) if a != b]
         if not changed:
             return None
@@ -177,6 +193,8 @@ class ItDEraser:
         mask = kwargs.get("attention_mask")
         new_mask = enc.attention_mask.to(mask.device, mask.dtype) if isinstance(mask, torch.Tensor) else None
         flagged = self._flags(new_ids, new_mask).any(-1)
+        if self._named is not None:  # a misspelt name ("snaeker") is read as the name, then erased
+            flagged = flagged | torch.tensor([bool(self.matcher(normal[i])) for i in changed])
         take = [j for j, f in enumerate(flagged.tolist()) if f]
         if not take:
             return None
