@@ -107,6 +107,24 @@ def seed_prompts(names: Sequence[str], per_concept: int, seed: int = 0) -> list[
     return out
 
 
+def concept_pairs(name: str) -> list[tuple[str, str]]:
+    """(with, without) prompt pairs of a zoo class for its concept direction: each ``evaluate``
+    template with one of the class's noun phrases, and with the same-placed noun phrase of each
+    other class (16 templates x 9 classes)."""
+    from ..zoo.captions import CLASS_NAMES, NUM_CLASSES
+    from ..zoo.prompt_families import NOUNS, TEMPLATES
+
+    label = CLASS_NAMES.index(name)
+    nouns = NOUNS["evaluate"]
+    pairs = []
+    for i, template in enumerate(TEMPLATES["evaluate"]):
+        for other in range(NUM_CLASSES):
+            if other != label:
+                pairs.append((template.format(nouns[label][i % len(nouns[label])]),
+                              template.format(nouns[other][i % len(nouns[other])])))
+    return pairs
+
+
 def run_family(target, family: str, seeds: list[tuple[str, str]], budget: int | None, seed: int,
                progress: bool = True) -> dict:
     """One family's attack of every seed prompt, judged: the ASR and every attack prompt."""
@@ -130,7 +148,8 @@ def run_family(target, family: str, seeds: list[tuple[str, str]], budget: int | 
         from ..attack.concept_vector import ConceptVectorConfig, run_concept_vector_attack
 
         cfg = ConceptVectorConfig(seed=seed, **kw)
-        results = run_concept_vector_attack(target, seeds, cfg, image_seed=seed, progress=progress)
+        pairs = {n: concept_pairs(n) for n in target.names}
+        results = run_concept_vector_attack(target, seeds, cfg, pairs, image_seed=seed, progress=progress)
         unit = "generations of the genetic search per seed prompt (each: `population` text-encoder evaluations)"
     else:
         from ..errors import UsageError
