@@ -27,6 +27,7 @@ from typing import Sequence
 import torch
 
 FAMILIES = ("text", "whitebox", "concept_vector")
+# "none" judges the seed prompts unchanged: what the erasure lets through with no attack
 
 
 def zoo_judge(judge) -> "callable":
@@ -132,7 +133,13 @@ def run_family(target, family: str, seeds: list[tuple[str, str]], budget: int | 
 
     kw = {} if budget is None else {"budget": budget}
     start = time.perf_counter()
-    if family == "text":
+    if family == "none":
+        from ..attack import SeedResult
+
+        cfg = argparse.Namespace()
+        results = [SeedResult(p, c, p, 0, False) for p, c in seeds]
+        unit = "no attack: the seed prompts themselves, the floor every attack starts from"
+    elif family == "text":
         from ..attack.text import TextAttackConfig, run_text_attack
 
         cfg = TextAttackConfig(seed=seed, **kw)
@@ -154,7 +161,7 @@ def run_family(target, family: str, seeds: list[tuple[str, str]], budget: int | 
     else:
         from ..errors import UsageError
 
-        raise UsageError(f"--family: unknown attack family {family!r}; expected one of {FAMILIES} or 'all'")
+        raise UsageError(f"--family: unknown attack family {family!r}; expected one of {(*FAMILIES, 'none')} or 'all'")
     out = {"family": family, "config": dict(vars(cfg)), "budget_unit": unit, **judge_results(target, results, seed)}
     out["seconds"] = time.perf_counter() - start
     return out
@@ -191,9 +198,10 @@ def attack(families: Sequence[str] = FAMILIES, erase: Sequence[str] = ("sneaker"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--family", choices=[*FAMILIES, "all"], default="all",
+    parser.add_argument("--family", choices=[*FAMILIES, "none", "all"], default="all",
                         help="attack family: text (nlpaug perturbations + beam search), whitebox (token swaps through the "
-                             "erased pipeline's diffusion-loss gradient), concept_vector (Ring-A-Bell style), or all (default)")
+                             "erased pipeline's diffusion-loss gradient), concept_vector (Ring-A-Bell style), none (the seed "
+                             "prompts unchanged), or all (default: none, then the three attacks)")
     parser.add_argument("--erase", default="sneaker", help="comma-separated classes erased together (default: sneaker)")
     parser.add_argument("--budget", type=int, default=None,
                         help="per seed prompt: queries (text, default 60), optimisation steps (whitebox, default 10) or "
@@ -227,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"{flag}: {path} does not exist")
     check_writable_dir(args.out, "--out")
     torch.set_num_threads(args.threads)
-    families = FAMILIES if args.family == "all" else (args.family,)
+    families = ("none", *FAMILIES) if args.family == "all" else (args.family,)
     report = attack(families, names, args.budget, args.seed, args.prompts, args.out, args.sae, args.concepts,
                     args.mode, args.value)
     print(json.dumps({"erased": report["erased"], "asr": report["asr"],
