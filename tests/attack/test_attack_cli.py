@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from visionsae.cli import build_parser, main
+from visionsae.cli import main
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -20,9 +20,13 @@ def test_bad_input_exits_2_naming_the_flag(tmp_path, capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
-def test_help_names_the_families_and_budgets():
-    text = build_parser()._subparsers._group_actions[0].choices["attack"].format_help()
-    for word in ("text", "whitebox", "concept_vector", "all", "--budget", "--erase", "--seed", "--out"):
+def test_help_names_the_families_and_budgets(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["attack", "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    for word in ("text", "whitebox", "concept_vector", "none", "all", "--budget", "--erase", "--seed", "--out", "--sae",
+                 "--concepts", "--mode", "--value", "default 60", "default 10", "default 25"):
         assert word in text
 
 

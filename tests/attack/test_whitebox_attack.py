@@ -21,10 +21,11 @@ def run(sneaker_target):
 def test_small_whitebox_attack_runs_lowers_its_loss_and_is_seeded(sneaker_target, run):
     seeds, results = run
     for (prompt, _), r in zip(seeds, results):
-        assert r.queries == 1 + CFG.budget * (1 + CFG.candidates) + 1
+        assert r.queries == 2 + CFG.budget * (1 + CFG.candidates) + 1
         assert r.info["loss_end"] <= r.info["loss_start"]
-        assert r.prompt.endswith(prompt.lower().replace("-", " - ")) or prompt.split()[-1] in r.prompt
-        assert len(r.info["adversarial_tokens"]) == CFG.tokens
+        # the decoded prompt is the adversarial words, then the seed prompt
+        assert r.prompt.split()[: CFG.tokens] == r.info["adversarial_tokens"]
+        assert r.prompt.split()[CFG.tokens] == prompt.lower().split()[0]
     again = run_whitebox_attack(sneaker_target, seeds[:1], CFG, image_seed=0, progress=False)
     assert again[0] == results[0]
 

@@ -18,7 +18,9 @@ per position, the ``top_k`` tokens whose swap most lowers the loss to first orde
 best one is kept if it lowers the loss. The final discrete prompt (decoded to text) then goes
 through the real erased pipeline, both of ItD's gates included.
 
-Queries: one per gradient and one per candidate evaluated; the budget is in steps.
+Queries: the stock pipeline's target latents, the starting loss, one per gradient and one per
+candidate evaluated, and the erased pipeline's decision on the final prompt; the budget is in
+steps.
 """
 
 from __future__ import annotations
@@ -151,12 +153,12 @@ def attack_prompt(target: Target, prompt: str, concept: str, cfg: WhiteBoxConfig
     queries = 1
     blocked = torch.ones(W.shape[0], dtype=torch.bool)
     blocked[allowed] = False
-    history = []
     with target.erasing_encoder() as eraser:
         seed_ids, _ = _prompt_ids(tok, prompt, 0)
         loss_of = DiffusionLoss(target, x0, seed_ids, gen, cfg.timesteps, eraser, cfg.stock_weight)
         with torch.no_grad():
             current = float(loss_of(W[ids][None])[0])
+        queries += 1
         start = current
         for _ in range(cfg.budget):
             one_hot = F.one_hot(ids[slot], W.shape[0]).to(W.dtype).requires_grad_(True)  # [k, V]
@@ -177,7 +179,6 @@ def attack_prompt(target: Target, prompt: str, concept: str, cfg: WhiteBoxConfig
             best = int(losses.argmin())
             if float(losses[best]) < current:
                 current, ids = float(losses[best]), cands[best]
-            history.append(current)
     text = tok.decode(ids, skip_special_tokens=True)
     flagged, margin = target.margins([text], concept)
     queries += 1

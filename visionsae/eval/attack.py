@@ -30,7 +30,7 @@ FAMILIES = ("text", "whitebox", "concept_vector")
 # "none" judges the seed prompts unchanged: what the erasure lets through with no attack
 
 
-def zoo_judge(judge) -> "callable":
+def zoo_judge(judge):
     """The zoo's :class:`~visionsae.zoo.judge.FashionJudge` as an attack judge: True where it
     sees the concept's class."""
     from ..zoo import CLASS_NAMES
@@ -97,6 +97,10 @@ def seed_prompts(names: Sequence[str], per_concept: int, seed: int = 0) -> list[
 
     out = []
     for n in names:
+        if n not in CLASS_NAMES:
+            from ..errors import UsageError
+
+            raise UsageError(f"--erase: the zoo's evaluate prompts cover its classes {list(CLASS_NAMES)}, not {n!r}")
         kinds = concept_prompts(CLASS_NAMES.index(n), "evaluate")
         pools = {k: random.Random(f"{seed}-attack-{n}-{k}").sample(kinds[k], len(kinds[k])) for k in KINDS}
         picked: list[str] = []
