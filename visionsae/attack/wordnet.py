@@ -6,8 +6,8 @@ cannot happen here. What works offline:
 
 * the WordNet 3.0 database of Debian's ``wordnet-base`` (``/usr/share/wordnet``). NLTK reads
   only files inside its data folders (it refuses symlinks out of them), and wants two files
-  Debian leaves out: ``lexnames`` (the 45 lexicographer file names, written from the
-  ``lexnames(5WN)`` table that ``wordnet-base`` ships) and ``index.sense`` (sense keys; left
+  Debian leaves out: ``lexnames`` (the 45 lexicographer file names of WordNet 3.0, as the
+  ``lexnames(5WN)`` manual page lists them: :data:`LEXNAMES`) and ``index.sense`` (sense keys; left
   empty, synonyms do not use it). So the database is copied once into a cache folder
   (``$VISIONSAE_NLTK_DATA``, default ``~/.cache/visionsae/nltk_data``) with those two files;
 * no part-of-speech tagger: every word is looked up under all its parts of speech (nlpaug
@@ -16,14 +16,21 @@ cannot happen here. What works offline:
 
 from __future__ import annotations
 
-import gzip
 import os
-import re
 import shutil
 from pathlib import Path
 
 WORDNET_DIR = Path("/usr/share/wordnet")
-LEXNAMES_MAN = Path("/usr/share/man/man5/lexnames.5WN.gz")
+# WordNet 3.0's lexicographer files in file-number order (lexnames(5WN))
+LEXNAMES = (
+    "adj.all", "adj.pert", "adv.all", "noun.Tops", "noun.act", "noun.animal", "noun.artifact", "noun.attribute",
+    "noun.body", "noun.cognition", "noun.communication", "noun.event", "noun.feeling", "noun.food", "noun.group",
+    "noun.location", "noun.motive", "noun.object", "noun.person", "noun.phenomenon", "noun.plant", "noun.possession",
+    "noun.process", "noun.quantity", "noun.relation", "noun.shape", "noun.state", "noun.substance", "noun.time",
+    "verb.body", "verb.change", "verb.cognition", "verb.communication", "verb.competition", "verb.consumption",
+    "verb.contact", "verb.creation", "verb.emotion", "verb.motion", "verb.perception", "verb.possession",
+    "verb.social", "verb.stative", "verb.weather", "adj.ppl",
+)
 _CATEGORY = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
 
 
@@ -32,10 +39,7 @@ def data_dir() -> Path:
 
 
 def _lexnames() -> str:
-    if not LEXNAMES_MAN.exists():
-        raise FileNotFoundError(f"{LEXNAMES_MAN} not found: install Debian's wordnet-base (make test does)")
-    rows = re.findall(r"^(\d\d)\t(\S+)\s", gzip.open(LEXNAMES_MAN, "rt").read(), re.M)
-    return "".join(f"{n}\t{name}\t{_CATEGORY[name.split('.')[0]]}\n" for n, name in rows)
+    return "".join(f"{i:02d}\t{name}\t{_CATEGORY[name.split('.')[0]]}\n" for i, name in enumerate(LEXNAMES))
 
 
 def ensure_wordnet() -> Path:
