@@ -5,13 +5,14 @@ For each erase set, ``visionsae attack``'s runs (:func:`visionsae.eval.attack.at
 then text, white-box and concept-vector attacks, seed prompts of the ``evaluate`` family) against
 
 * ``after``: the eraser of this checkout (the zoo's SAE and concept set, or ``--sae`` / ``--concepts``);
-* ``before``: an older eraser given as a folder holding its ``cfg.json``, ``sae.safetensors`` and
-  ``concepts.json`` (``--before``; e.g. the files of the zoo's fashion-text-sae at an older commit);
+* ``before`` (with ``--before``): an older eraser given as a folder holding its ``cfg.json``,
+  ``sae.safetensors`` and ``concepts.json`` (e.g. the files of the zoo's fashion-text-sae at an
+  older commit: ``git show ccd889a:assets/zoo/fashion-text-sae/concepts.json`` and so on);
 
 and, as a sanity anchor of the counting, each family's attack prompts judged again with the
 erasure switched off (the stock pipeline on both sides: its ASR is 1 up to the UNet's batch numerics).
 
-    python -m benchmarks.attack_asr --before DIR --out runs/bench-attack/attack_asr.json [--prompts 12]
+    python -m benchmarks.attack_asr [--before DIR] --out runs/bench-attack/attack_asr.json [--prompts 12]
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def main(argv=None) -> int:
     from visionsae.eval.attack import FAMILIES, attack, zoo_target
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--before", required=True, help="folder with the older eraser's cfg.json, sae.safetensors, concepts.json")
+    parser.add_argument("--before", default=None,
+                        help="folder with an older eraser's cfg.json, sae.safetensors, concepts.json (default: none, only 'after')")
     parser.add_argument("--before-label", default="before", help="what the older eraser is (e.g. its commit)")
     parser.add_argument("--sae", default=None, help="the new eraser's SAE folder (default: the zoo's)")
     parser.add_argument("--concepts", default=None, help="the new eraser's concept set (default: the zoo's)")
@@ -55,15 +57,16 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    before = Path(args.before)
+    before = Path(args.before) if args.before else None
     sets = [s.split(",") for s in (args.erase or ["sneaker", "sneaker,bag,trouser"])]
     families = args.families.split(",")
     report = {"benchmark": "attack_asr", "machine": platform.machine(), "threads": args.threads, "prompts_per_class": args.prompts,
               "seed": args.seed, "split": "seed prompts from the evaluate prompt family only", "budget": "each family's default",
-              "before": {"label": args.before_label, "sae": str(before)}, "after": {"sae": args.sae or "the zoo's fashion-text-sae"},
+              "before": {"label": args.before_label, "sae": str(before)} if before else None, "after": {"sae": args.sae or "the zoo's fashion-text-sae"},
               "runs": []}
     for names in sets:
-        for which, sae, concepts in (("after", args.sae, args.concepts), ("before", before, before / "concepts.json")):
+        erasers = [("after", args.sae, args.concepts)] + ([("before", before, before / "concepts.json")] if before else [])
+        for which, sae, concepts in erasers:
             start = time.perf_counter()
             target = zoo_target(names, sae, concepts)
             run = attack(families, names, None, args.seed, args.prompts, None, sae, concepts, target=target)
