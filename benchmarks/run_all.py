@@ -34,6 +34,7 @@ BENCHMARKS: dict[str, tuple[str, str, list[str], list[str]]] = {
     "store_read": ("project", "benchmarks.store_read", [], []),
     "audit_throughput": ("project", "benchmarks.audit_throughput", [], ["--images", "64", "--repeats", "1"]),
     "app_latency": ("project", "benchmarks.app_latency", [], ["--requests", "3"]),
+    "attack_asr": ("project", "benchmarks.attack_asr", [], ["--erase", "sneaker", "--prompts", "2"]),
     "interop": ("peers", "benchmarks.interop", [], []),
     "erasure_memory": ("project", "benchmarks.erasure_memory", ["--dense"], ["--tokens", "77,512", "--n-latents", "131072"]),
 }

@@ -49,6 +49,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
         "visionsae.eval.sae",
         "SAE quality: FVU, L0, dead/dense, AFA check, dark matter, stability, planted recovery, concept agreement.",
     ),
+    ("attack",): ("visionsae.eval.attack", "Red-team ItD on the zoo: attack success rate of text, white-box and concept-vector attacks (JSON)."),
     ("audit",): ("visionsae.audit.command", "Find a generator's blindspots against real images (HTML report + JSON)."),
     ("eval", "audit"): ("visionsae.eval.audit", "Blindspot audit on the zoo: every class in turn suppressed (omitted, ItD-erased) and exaggerated, copies, over seeds."),
 }
