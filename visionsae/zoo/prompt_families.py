@@ -618,26 +618,27 @@ def _rotating(items: tuple[str, ...], n_of: int, start: int) -> list[str]:
     return [items[(start + j) % len(items)] for j in range(min(n_of, len(items)))]
 
 
+def _in_frames(label: int, family: str, frames: tuple[str, ...], per_noun: int) -> list[str]:
+    """The family's noun phrases of the class in ``frames`` (templates or scenes): in ``select``
+    each noun phrase in ``per_noun`` of them, rotating; elsewhere every pair."""
+    nouns = NOUNS[family][label]
+    if family == "select":
+        return _unique(f.format(n) for i, n in enumerate(nouns) for f in _rotating(frames, per_noun, i * per_noun))
+    return _unique(f.format(n) for f in frames for n in nouns)
+
+
 def noun_prompts(label: int, family: str) -> list[str]:
     """The family's noun phrases of the class in the family's templates (in ``select``, each
     in :data:`SELECT_TEMPLATES_PER_NOUN` of them, rotating)."""
     label, _ = _check_label(label), _check_family(family)
-    nouns, templates = NOUNS[family][label], TEMPLATES[family]
-    if family == "select":
-        return _unique(t.format(n) for i, n in enumerate(nouns)
-                       for t in _rotating(templates, SELECT_TEMPLATES_PER_NOUN, i * SELECT_TEMPLATES_PER_NOUN))
-    return _unique(t.format(n) for t in templates for n in nouns)
+    return _in_frames(label, family, TEMPLATES[family], SELECT_TEMPLATES_PER_NOUN)
 
 
 def scene_prompts(label: int, family: str) -> list[str]:
     """The family's noun phrases of the class inside the family's scenes (in ``select``, each in
     :data:`SELECT_SCENES_PER_NOUN` of them, rotating)."""
     label, _ = _check_label(label), _check_family(family)
-    nouns, scenes = NOUNS[family][label], SCENES[family]
-    if family == "select":
-        return _unique(s.format(n) for i, n in enumerate(nouns)
-                       for s in _rotating(scenes, SELECT_SCENES_PER_NOUN, i * SELECT_SCENES_PER_NOUN))
-    return _unique(s.format(n) for s in scenes for n in nouns)
+    return _in_frames(label, family, SCENES[family], SELECT_SCENES_PER_NOUN)
 
 
 def description_prompts(label: int, family: str) -> list[str]:
