@@ -3,9 +3,8 @@ end, seeded, and its prompts never carry the class word."""
 
 from __future__ import annotations
 
-import torch
-
 import pytest
+import torch
 
 from visionsae.attack import judge_results
 from visionsae.attack.concept_vector import ConceptVectorConfig, concept_direction, run_concept_vector_attack
