@@ -41,3 +41,15 @@ def test_vocabulary_keeps_the_words_that_mark_the_concept():
     assert "sneakers" in words and "sneaker" not in words  # 'sneaker' is in one prompt only
     assert "photo" not in words and "table" not in words and "pair" not in words
     assert {"sneaker", "sneakers", "bag"} <= english_words()
+
+
+def test_name_matcher_reads_names_as_words():
+    from visionsae.concepts.normalize import NameMatcher
+
+    m = NameMatcher(["t-shirt", "shirt", "dress", "sneaker", "ankle boot"])
+    assert m("SNEAKERS on a bench") == {"sneaker"} and m("a polaroid of sneaker") == {"sneaker"}
+    assert m("an instagram post of 2sneakers") == {"sneaker"}  # digits do not hide a name
+    assert m("a photo of a t - shirt") == {"t-shirt"}  # as the tokenizer decodes it: not "shirt"
+    assert m("a dress shirt") == {"shirt"} and m("a shirt dress") == {"dress"}  # a compound's head
+    assert m("ankle boots in the rain") == {"ankle boot"} and m("a shirt and a dress") == {"shirt", "dress"}
+    assert m("a bagel and a sneakerhead") == set() and m("dresser") == set()

@@ -96,7 +96,8 @@ class NameMatcher:
         forms = {f: n for n in self.names for f in name_forms(n)}
         alternatives = "|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True))
         self._forms = forms
-        self._pattern = re.compile(rf"(?<![\w-])({alternatives})(?![\w-])") if forms else None
+        # letters (not digits) bound a name: "2sneakers" says sneakers
+        self._pattern = re.compile(rf"(?<![a-z-])({alternatives})(?![a-z-])") if forms else None
 
     def __call__(self, text: str) -> set[str]:
         if self._pattern is None:
