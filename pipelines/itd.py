@@ -244,14 +244,33 @@ class _ItDMixin:
         decisions = self._given_decisions(given) if given is not None else None
         for _, e in self._erasers:
             e.pop_decisions()  # anything left from a call that failed
-        with self._editing(positive=given is None) as per_encoder:
-            out = parent(self, *args, **kwargs)
+        typed = self._typed_prompts(inspect.signature(parent).bind(self, *args, **kwargs).arguments)
+        try:
+            for _, e in self._erasers:
+                e.raw_prompts = typed  # each eraser finds the list its encoder was given
+            with self._editing(positive=given is None) as per_encoder:
+                out = parent(self, *args, **kwargs)
+        finally:
+            for _, e in self._erasers:
+                e.raw_prompts = []
         if decisions is None:
             decisions = self._combine(per_encoder)
             for i in self._positive_outputs:  # the positive embeddings (and pooled ones)
                 if isinstance(out[i], torch.Tensor):
                     out[i]._itd_made_by = (id(self), decisions)
         self.__dict__["_itd_last"] = decisions
+        return out
+
+    @staticmethod
+    def _typed_prompts(arguments: dict) -> list[list[str]]:
+        """The prompts of an ``encode_prompt`` call as typed (``prompt``, ``prompt_2``, ``prompt_3``)."""
+        out = []
+        for key in ("prompt", "prompt_2", "prompt_3"):
+            p = arguments.get(key)
+            if isinstance(p, str):
+                out.append([p])
+            elif isinstance(p, (list, tuple)) and p and all(isinstance(x, str) for x in p):
+                out.append(list(p))
         return out
 
     def _call(self, args: tuple, kwargs: dict):

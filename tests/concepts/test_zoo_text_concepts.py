@@ -111,3 +111,10 @@ def test_erasing_on_the_real_encoder(zoo_text):
     eraser.pop_decisions()
     _, flagged = ConceptClassifier(sae, concepts, ["sneaker"]).classify(captured["h"])
     assert not flagged.any()
+
+
+def test_homoglyphs_the_tokenizer_drops_are_read_from_the_typed_prompt(zoo_text):
+    """MiniLM's WordPiece turns "sneakerѕ" (Cyrillic ѕ) into [UNK]: the eraser reads the typed prompt."""
+    got = flags(zoo_text, ["a LOOKBOOK photo of sneakerѕ", "a polaroid of a bаg", "a photo of a café table"],
+                ["sneaker", "bag"])
+    assert got == {"sneaker": [True, False, False], "bag": [False, True, False]}

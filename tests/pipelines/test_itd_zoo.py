@@ -87,3 +87,16 @@ def test_eval_erasure_three_classes_small_sample(tmp_path, zoo):
     assert report["classifier"]["recall"]["basic_forms"] == 1.0
     assert json.loads((tmp_path / "erasure.json").read_text())["runs"][0]["erased"] == run["erased"]
     assert (tmp_path / "erase_sneaker_bag_trouser.png").stat().st_size > 0
+
+
+def test_a_homoglyph_prompt_is_erased_and_other_non_ascii_prompts_are_stock(zoo):
+    stock, _ = zoo
+    prompts = ["a LOOKBOOK photo of sneakerѕ", "a photo of a café table"]  # Cyrillic ѕ; an accent
+    seeds, settings = [5, 6], dict(stock.zoo_settings)
+    before, _ = _generate(stock, prompts, seeds, settings)
+    itd = ItDStableDiffusionPipeline.wrap(stock, zoo_dir() / SAE_DIR, zoo_dir() / SAE_DIR / "concepts.json",
+                                          ["sneaker"], mode=ERASE_MODE, value=ERASE_VALUE)
+    after, decisions = _generate(itd, prompts, seeds, settings)
+    assert decisions[0]["sneaker"]["flagged"] and decisions[0]["read_as"] == "a lookbook photo of sneakers"
+    assert not np.array_equal(before[0], after[0])
+    assert not decisions[1]["sneaker"]["flagged"] and np.array_equal(before[1], after[1])

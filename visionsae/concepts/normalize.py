@@ -45,10 +45,31 @@ def english_words() -> frozenset[str]:
 
 
 def fold_characters(text: str) -> str:
-    """NFKC, homoglyphs and accents to ASCII, lower case."""
+    """NFKC, homoglyphs to the Latin letters they imitate (Unicode's confusables, through
+    ``confusable_homoglyphs``: Cyrillic "ѕ" is "s", not anyascii's transliteration "dz"), the
+    rest transliterated to ASCII (anyascii: accents dropped), lower case."""
     from anyascii import anyascii
 
-    return anyascii(unicodedata.normalize("NFKC", text)).lower()
+    text = unicodedata.normalize("NFKC", text)
+    if text.isascii():
+        return text.lower()
+    return anyascii("".join(c if c.isascii() else _latin_lookalike(c) for c in text)).lower()
+
+
+@lru_cache(maxsize=4096)
+def _latin_lookalike(char: str) -> str:
+    """The Latin letter ``char`` imitates (a one-letter ASCII transliteration of its first Latin
+    homoglyph), else ``char`` itself."""
+    from anyascii import anyascii
+    from confusable_homoglyphs import confusables
+
+    found = confusables.is_confusable(char, preferred_aliases=["latin"], greedy=True) or []
+    for entry in found:
+        for glyph in entry.get("homoglyphs", []):
+            ascii_form = anyascii(glyph["c"])
+            if len(ascii_form) == 1 and ascii_form.isalpha():
+                return ascii_form
+    return char
 
 
 def join_spelled(text: str) -> str:

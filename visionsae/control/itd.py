@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..concepts import ConceptClassifier, ConceptSet
-from ..concepts.normalize import NameMatcher, Normalizer
+from ..concepts.normalize import NameMatcher, Normalizer, fold_characters
 from ..sae import SparseAutoencoder
 from ..sources.base import output_tensor
 from .edit import EditSpec, FeatureEdit
@@ -78,6 +78,9 @@ class ItDEraser:
         self._settings = {"names": list(self.classifier.names), "hook": hook, "mode": mode, "value": float(value),
                           "keep_error": bool(keep_error), "normalize": bool(normalize), "name_gate": bool(name_gate)}
         self._named: torch.Tensor | None = None  # [B, C] of the coming forward: prompts that say a name
+        # the prompts as typed, set by a pipeline around its encode_prompt: a homoglyph the
+        # tokenizer turns into [UNK] ("sneakerѕ" with a Cyrillic ѕ) is read from these
+        self.raw_prompts: list[list[str]] = []
         self._pre_handle = None
         self._reading = False  # inside the normal-form gate's own encoder call
         self._read_as: dict[int, str] = {}  # rows of the coming forward given in their normal form
@@ -143,12 +146,15 @@ class ItDEraser:
             self.attach()
         try:
             for i in range(0, len(prompts), batch_size):
-                enc = self.tokenizer(list(prompts[i : i + batch_size]), padding="max_length",
-                                     max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt")
+                chunk = list(prompts[i : i + batch_size])
+                enc = self.tokenizer(chunk, padding="max_length", max_length=self.tokenizer.model_max_length,
+                                     truncation=True, return_tensors="pt")
                 device = next(self.text_encoder.parameters()).device
+                self.raw_prompts = [chunk]
                 self.text_encoder(enc.input_ids.to(device))
                 out += self.pop_decisions()
         finally:
+            self.raw_prompts = []
             if not attached:
                 self.detach()
             self.classifier.decisions = pending + self.classifier.decisions
@@ -179,12 +185,22 @@ class ItDEraser:
         if not isinstance(ids, torch.Tensor) or ids.ndim != 2:
             return None  # called with embeddings: nothing to read
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
-        normal = [self.normalizer(t) for t in texts] if self.normalizer is not None else list(texts)
+        raw = self._typed(ids)
+        read = raw if raw is not None else texts
+        if self.normalizer is not None:
+            normal = [self.normalizer(t) for t in read]
+        else:
+            normal = [fold_characters(t) if raw is not None else t for t in read]
         names = self.classifier.names
         if self.matcher is not None:
             said = [self.matcher(t) | self.matcher(n) for t, n in zip(texts, normal)]
             self._named = torch.tensor([[c in s for c in names] for s in said], dtype=torch.bool).reshape(len(texts), len(names))
-        changed = [i for i, (a, b) in enumerate(zip(texts, normal)) if a != b]
+        if raw is None:
+            changed = [i for i, (a, b) in enumerate(zip(texts, normal)) if a != b]
+        else:  # the normal form of the typed prompt: changed where it tokenises differently
+            again = self.tokenizer(normal, padding="max_length", max_length=ids.shape[1], truncation=True,
+                                   return_tensors="pt").input_ids.to(ids.device)
+            changed = [i for i in range(len(normal)) if not torch.equal(again[i], ids[i])]
         if not changed:
             return None
         enc = self.tokenizer([normal[i] for i in changed], padding="max_length", max_length=ids.shape[1],
@@ -207,6 +223,18 @@ class ItDEraser:
         if positional:
             return (ids, *args[1:]), kwargs
         return args, dict(kwargs, input_ids=ids)
+
+    def _typed(self, ids: torch.Tensor) -> list[str] | None:
+        """The typed prompts of this forward: the one list of :attr:`raw_prompts` that
+        tokenises to ``ids`` exactly (else None: the negative prompts, or embeddings made elsewhere)."""
+        for prompts in self.raw_prompts:
+            if len(prompts) != ids.shape[0]:
+                continue
+            enc = self.tokenizer(list(prompts), padding="max_length", max_length=ids.shape[1], truncation=True,
+                                 return_tensors="pt").input_ids
+            if enc.shape == ids.shape and torch.equal(enc.to(ids.device), ids):
+                return list(prompts)
+        return None
 
     @torch.no_grad()
     def _flags(self, ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
