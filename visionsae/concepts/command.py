@@ -42,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="prompts of things like a concept but not of it (linear method; repeat); split as the others")
     b.add_argument("--method", choices=["linear", "itd", "mean_diff"], default="linear",
                    help="linear (default): a sparse logistic read-out of pooled SAE codes, its threshold set so that each "
-                        "negative group flags at most --max-fpr, plus a normal-form gate for misspellings; itd / mean_diff: "
+                        "negative group flags at most --max-fpr (the eraser adds its normal-form and name "
+                        "gates); itd / mean_diff: "
                         "feature selection and a score threshold at --target-recall")
     b.add_argument("--max-fpr", type=float, default=0.01, help="linear method: false-positive cap per group (default: 0.01)")
     b.add_argument("--top-n", type=int, default=8, help="top latents per prompt (itd method, default: 8)")
