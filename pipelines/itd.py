@@ -240,11 +240,12 @@ class _ItDMixin:
         if not self._active():
             self.__dict__["_itd_last"] = []
             return parent(self, *args, **kwargs)
-        given = inspect.signature(parent).bind(self, *args, **kwargs).arguments.get("prompt_embeds")
+        arguments = inspect.signature(parent).bind(self, *args, **kwargs).arguments
+        given = arguments.get("prompt_embeds")
         decisions = self._given_decisions(given) if given is not None else None
         for _, e in self._erasers:
             e.pop_decisions()  # anything left from a call that failed
-        typed = self._typed_prompts(inspect.signature(parent).bind(self, *args, **kwargs).arguments)
+        typed = self._typed_prompts(arguments)
         try:
             for _, e in self._erasers:
                 e.raw_prompts = typed  # each eraser finds the list its encoder was given

@@ -65,7 +65,7 @@ ActivationStore.batches = real_batches
 
 
 class Crash(Exception):
-    pass
+    reason = "the planted failure of the first run"
 
 
 def crashing(r, w):
@@ -76,11 +76,13 @@ def crashing(r, w):
 
 
 sae_cfg = SAEConfig(d_in=32, n_latents=128, k=4, sparsity="batchtopk")
+crashed = False
 try:
     Trainer(sae_cfg, cfg.replace(out_dir=f"{out}/resumed"), accelerator=acc).fit(crashing)
-    raise SystemExit("the crash did not happen")
 except Crash:
-    pass
+    crashed = True
+if not crashed:
+    raise SystemExit("the crash did not happen")
 acc.wait_for_everyone()
 seen.append(torch.empty(0, 32))
 save("resumed", Trainer(sae_cfg, cfg.replace(out_dir=f"{out}/resumed", resume=True), accelerator=acc).fit(own_part))
