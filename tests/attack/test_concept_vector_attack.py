@@ -14,9 +14,9 @@ from visionsae.eval.attack import concept_pairs, seed_prompts
 def test_concept_direction_points_at_the_concept(sneaker_target):
     from visionsae.attack.concept_vector import _ids, encode
 
-    d = concept_direction(sneaker_target, concept_pairs("sneaker"))
+    d = concept_direction(sneaker_target.stock, concept_pairs("sneaker"))
     tok = sneaker_target.stock.tokenizer
-    with_, without = encode(sneaker_target, _ids(tok, ["a photo of a sneaker", "a photo of a dress"]))
+    with_, without = encode(sneaker_target.stock, _ids(tok, ["a photo of a sneaker", "a photo of a dress"]))
     # the held-out pair's difference lies along the direction
     assert torch.nn.functional.cosine_similarity((with_ - without).reshape(-1), d.reshape(-1), dim=0) > 0.3
 

@@ -56,10 +56,10 @@ class ConceptVectorConfig:
 
 
 @torch.no_grad()
-def encode(target: Target, ids: torch.Tensor) -> torch.Tensor:
-    """The stock text encoder's output ``[B, T, d]`` of token ids ``[B, T]`` (as the pipeline
-    calls it: no attention mask)."""
-    return target.stock.text_encoder(ids)[0]
+def encode(pipe, ids: torch.Tensor) -> torch.Tensor:
+    """The text encoder's output ``[B, T, d]`` of token ids ``[B, T]`` as the pipeline ``pipe``
+    calls it (no attention mask)."""
+    return pipe.text_encoder(ids)[0]
 
 
 def _ids(tokenizer, prompts: Sequence[str]) -> torch.Tensor:
@@ -67,15 +67,16 @@ def _ids(tokenizer, prompts: Sequence[str]) -> torch.Tensor:
                      return_tensors="pt").input_ids
 
 
-def concept_direction(target: Target, pairs: Sequence[tuple[str, str]]) -> torch.Tensor:
-    """``mean(E(with) - E(without))`` ``[T, d]`` over prompt ``pairs`` (with the concept, without)."""
+def concept_direction(pipe, pairs: Sequence[tuple[str, str]]) -> torch.Tensor:
+    """``mean(E(with) - E(without))`` ``[T, d]`` in the text encoder of the (stock) pipeline
+    ``pipe`` over prompt ``pairs`` (with the concept, without)."""
     if not pairs:
         raise ValueError("the concept direction needs at least one (with, without) prompt pair")
-    tok = target.stock.tokenizer
+    tok = pipe.tokenizer
     diffs = []
     for i in range(0, len(pairs), 64):
         chunk = pairs[i : i + 64]
-        diffs.append(encode(target, _ids(tok, [a for a, _ in chunk])) - encode(target, _ids(tok, [b for _, b in chunk])))
+        diffs.append(encode(pipe, _ids(tok, [a for a, _ in chunk])) - encode(pipe, _ids(tok, [b for _, b in chunk])))
     return torch.cat(diffs).mean(0)
 
 
@@ -90,16 +91,18 @@ def _sequences(tokenizer, body: torch.Tensor) -> torch.Tensor:
     return ids
 
 
-def attack_prompt(target: Target, prompt: str, concept: str, direction: torch.Tensor, cfg: ConceptVectorConfig,
-                  allowed: torch.Tensor, index: int = 0) -> SeedResult:
-    tok = target.stock.tokenizer
+def carrier_prompt(pipe, prompt: str, concept: str, direction: torch.Tensor, cfg: ConceptVectorConfig,
+                   allowed: torch.Tensor, index: int = 0) -> tuple[str, float, int]:
+    """The genetic search from ``prompt`` in the text encoder of the (stock) pipeline ``pipe``:
+    (the best prompt as text, its cosine to the goal, the encoder evaluations it took)."""
+    tok = pipe.tokenizer
     L = min(cfg.length, tok.model_max_length - 2)
     rng = seeded(cfg.seed, "concept_vector", concept, index, prompt)
     gen = torch.Generator().manual_seed(rng.randrange(2**31))
-    goal = (encode(target, _ids(tok, [prompt]))[0] + cfg.strength * direction).reshape(-1)  # [T * d]
+    goal = (encode(pipe, _ids(tok, [prompt]))[0] + cfg.strength * direction).reshape(-1)  # [T * d]
 
     def fitness(body: torch.Tensor) -> torch.Tensor:
-        return F.cosine_similarity(encode(target, _sequences(tok, body)).reshape(len(body), -1), goal[None], dim=1)
+        return F.cosine_similarity(encode(pipe, _sequences(tok, body)).reshape(len(body), -1), goal[None], dim=1)
 
     def random_tokens(*shape) -> torch.Tensor:
         return allowed[torch.randint(len(allowed), shape, generator=gen)]
@@ -131,10 +134,14 @@ def attack_prompt(target: Target, prompt: str, concept: str, direction: torch.Te
         scores = torch.cat([scores[order[: cfg.elite]], fitness(children)])
         queries += n
     best = int(scores.argmax())
-    text = tok.decode(pop[best], skip_special_tokens=True)
+    return tok.decode(pop[best], skip_special_tokens=True), float(scores[best]), queries
+
+
+def attack_prompt(target: Target, prompt: str, concept: str, direction: torch.Tensor, cfg: ConceptVectorConfig,
+                  allowed: torch.Tensor, index: int = 0) -> SeedResult:
+    text, cosine, queries = carrier_prompt(target.stock, prompt, concept, direction, cfg, allowed, index)
     flagged, margin = target.margins([text], concept)
-    queries += 1
-    return SeedResult(prompt, concept, text, queries, not flagged[0], {"cosine": float(scores[best]), "margin": margin[0]})
+    return SeedResult(prompt, concept, text, queries + 1, not flagged[0], {"cosine": cosine, "margin": margin[0]})
 
 
 def run_concept_vector_attack(target: Target, seeds: Sequence[tuple[str, str]], cfg: ConceptVectorConfig,
@@ -148,7 +155,7 @@ def run_concept_vector_attack(target: Target, seeds: Sequence[tuple[str, str]], 
     for concept in dict.fromkeys(c for _, c in seeds):
         if concept not in pairs:
             raise ValueError(f"no prompt pairs for concept {concept!r}; the concept-vector attack needs them")
-        directions[concept] = concept_direction(target, pairs[concept])
+        directions[concept] = concept_direction(target.stock, pairs[concept])
         allowed[concept] = word_token_ids(tok, target.exclude_words.get(concept, [concept]))
     return [attack_prompt(target, p, c, directions[c], cfg, allowed[c], i)
             for i, (p, c) in enumerate(tqdm(seeds, desc="concept-vector attack", disable=not progress))]

@@ -125,8 +125,13 @@ def build_linear_concept_set(
     others_as_keep: bool = True,
     normalize: bool = True,
     progress: bool = True,
+    extra_positives: Mapping[str, Sequence[str]] | None = None,
 ) -> ConceptSet:
     """Concepts scored by a sparse linear read-out of their features (:mod:`.linear`).
+
+    ``extra_positives[name]`` are more prompts of the concept for the fit only (e.g. attack-style
+    prompts the generator still draws as it): they add no word to the concept's vocabulary and
+    set no threshold.
 
     Per concept: the weights are fitted on ``concept_prompts[name]`` against ``keep_prompts``,
     its ``near_misses`` and (with ``others_as_keep``) the other concepts' prompts; the threshold
@@ -155,7 +160,11 @@ def build_linear_concept_set(
 
     bar = tqdm(total=2 * len(names) + 2, desc="build concepts", disable=not progress, unit="step")
     keep = codes(keep_prompts)
-    own = {n: codes(concept_prompts[n]) for n in names}
+    extra = dict(extra_positives or {})
+    unknown = sorted(set(extra) - set(names))
+    if unknown:
+        raise ValueError(f"extra positives for {unknown}, which are not among the concepts {names}")
+    own = {n: codes([*concept_prompts[n], *extra.get(n, ())]) for n in names}
     near = {n: codes(near_misses.get(n, ())) for n in names}
     bar.update(1)
     fits = {}
@@ -198,6 +207,7 @@ def build_linear_concept_set(
             n, fit.features, fit.weights, cal["threshold"], cal,
             {"method": "linear", "l1": l1, "max_fpr": max_fpr, "prompts": len(concept_prompts[n]),
              "keep_prompts": len(keep_prompts), "near_misses": len(near_misses.get(n, ())),
+             "extra_positives": len(extra.get(n, ())),
              "others_as_keep": others_as_keep, "normalize": normalize},
             edit_features=sorted(fit.positive), weights=fit.weights, bias=fit.bias, vocabulary=vocab[n],
         )

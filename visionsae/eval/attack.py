@@ -51,7 +51,7 @@ def zoo_target(erase: Sequence[str] = ("sneaker",), sae=None, concepts=None, mod
 
     from ..attack import Target
     from ..zoo import load_fashion_judge, load_fashion_pipeline, zoo_dir
-    from ..zoo.prompt_families import CLASS_WORDS
+    from ..zoo.prompt_families import class_words
     from ..zoo.captions import CLASS_NAMES
     from ..zoo.text_sae import ERASE_MODE, ERASE_VALUE, SAE_DIR
     from .erasure import _generate, nchw
@@ -79,20 +79,16 @@ def zoo_target(erase: Sequence[str] = ("sneaker",), sae=None, concepts=None, mod
     # the words a concept-vector prompt may not hold: the class word, singular and plural, as
     # Ring-A-Bell leaves out the concept's word (not the concept set's whole vocabulary: that
     # changes with the set and would bar "shoe", "laces", "sole" from a sneaker attack)
-    exclude = {}
-    for n in names:
-        words = {n}
-        if n in CLASS_NAMES:
-            words |= {w for form in CLASS_WORDS[CLASS_NAMES.index(n)] for w in form.replace("-", " ").split()}
-        exclude[n] = sorted(words)
+    exclude = {n: sorted({n, *(class_words(CLASS_NAMES.index(n)) if n in CLASS_NAMES else ())}) for n in names}
     # the settings the ItD pipeline builds its eraser from (ItDEraser.from_settings)
     return Target(stock=stock, erased=erased, judge=zoo_judge(judge), generate=generate, names=names, settings=draw, sae=sae,
                   concepts=concepts, eraser_settings={"names": names, **settings}, exclude_words=exclude)
 
 
-def seed_prompts(names: Sequence[str], per_concept: int, seed: int = 0) -> list[tuple[str, str]]:
-    """(prompt, concept) seeds: ``per_concept`` prompts of each class's ``evaluate`` family,
-    taken in turn from its kinds (a seeded order within each kind)."""
+def seed_prompts(names: Sequence[str], per_concept: int, seed: int = 0, family: str = "evaluate") -> list[tuple[str, str]]:
+    """(prompt, concept) seeds: ``per_concept`` prompts of each class's ``family`` (the figures:
+    ``evaluate``; hardening a concept set: ``select``), taken in turn from its kinds (a seeded
+    order within each kind)."""
     import random
 
     from ..zoo.captions import CLASS_NAMES
@@ -104,7 +100,7 @@ def seed_prompts(names: Sequence[str], per_concept: int, seed: int = 0) -> list[
             from ..errors import UsageError
 
             raise UsageError(f"--erase: the zoo's evaluate prompts cover its classes {list(CLASS_NAMES)}, not {n!r}")
-        kinds = concept_prompts(CLASS_NAMES.index(n), "evaluate")
+        kinds = concept_prompts(CLASS_NAMES.index(n), family)
         pools = {k: random.Random(f"{seed}-attack-{n}-{k}").sample(kinds[k], len(kinds[k])) for k in KINDS}
         picked: list[str] = []
         while len(picked) < per_concept and any(pools.values()):
@@ -115,26 +111,17 @@ def seed_prompts(names: Sequence[str], per_concept: int, seed: int = 0) -> list[
     return out
 
 
-def concept_pairs(name: str) -> list[tuple[str, str]]:
-    """(with, without) prompt pairs of a zoo class for its concept direction: each ``evaluate``
-    template with one of the class's noun phrases, and with the same-placed noun phrase of each
-    other class (16 templates x 9 classes)."""
-    from ..zoo.captions import CLASS_NAMES, NUM_CLASSES
-    from ..zoo.prompt_families import NOUNS, TEMPLATES
+def concept_pairs(name: str, family: str = "evaluate") -> list[tuple[str, str]]:
+    """(with, without) prompt pairs of a zoo class for its concept direction
+    (:func:`visionsae.zoo.prompt_families.class_pairs`; evaluate: 16 templates x 9 classes)."""
+    from ..zoo.captions import CLASS_NAMES
+    from ..zoo.prompt_families import class_pairs
 
-    label = CLASS_NAMES.index(name)
-    nouns = NOUNS["evaluate"]
-    pairs = []
-    for i, template in enumerate(TEMPLATES["evaluate"]):
-        for other in range(NUM_CLASSES):
-            if other != label:
-                pairs.append((template.format(nouns[label][i % len(nouns[label])]),
-                              template.format(nouns[other][i % len(nouns[other])])))
-    return pairs
+    return class_pairs(CLASS_NAMES.index(name), family)
 
 
 def run_family(target, family: str, seeds: list[tuple[str, str]], budget: int | None, seed: int,
-               progress: bool = True) -> dict:
+               progress: bool = True, prompt_family: str = "evaluate") -> dict:
     """One family's attack of every seed prompt, judged: the ASR and every attack prompt."""
     from ..attack import judge_results
 
@@ -162,7 +149,7 @@ def run_family(target, family: str, seeds: list[tuple[str, str]], budget: int | 
         from ..attack.concept_vector import ConceptVectorConfig, run_concept_vector_attack
 
         cfg = ConceptVectorConfig(seed=seed, **kw)
-        pairs = {n: concept_pairs(n) for n in target.names}
+        pairs = {n: concept_pairs(n, prompt_family) for n in target.names}
         results = run_concept_vector_attack(target, seeds, cfg, pairs, image_seed=seed, progress=progress)
         unit = "generations of the genetic search per seed prompt (each: `population` text-encoder evaluations)"
     else:
@@ -176,16 +163,20 @@ def run_family(target, family: str, seeds: list[tuple[str, str]], budget: int | 
 
 def attack(families: Sequence[str] = FAMILIES, erase: Sequence[str] = ("sneaker",), budget: int | None = None,
            seed: int = 0, per_concept: int = 12, out_dir: str | Path | None = "runs/attack", sae=None, concepts=None,
-           mode: str | None = None, value: float | None = None, progress: bool = True, target=None) -> dict:
+           mode: str | None = None, value: float | None = None, progress: bool = True, target=None,
+           seed_family: str = "evaluate") -> dict:
     """Attack ItD erasing ``erase`` with every family of ``families``; writes ``attack.json``
     in ``out_dir`` (None: nothing written). ``target`` overrides the zoo target built from
-    ``erase`` / ``sae`` / ``concepts`` / ``mode`` / ``value``."""
+    ``erase`` / ``sae`` / ``concepts`` / ``mode`` / ``value``. ``seed_family``: the prompt family of
+    the seed prompts (the figures: ``evaluate``; ``calibrate`` to choose a setting on)."""
     from ..attack import write_json
 
     target = target if target is not None else zoo_target(erase, sae, concepts, mode, value)
-    seeds = seed_prompts(target.names, per_concept, seed)
+    seeds = seed_prompts(target.names, per_concept, seed, seed_family)
+    split = ("seed prompts from the 'evaluate' prompt family only (it chose nothing)" if seed_family == "evaluate"
+             else f"seed prompts from the {seed_family!r} prompt family (not a figure to quote: that family chose settings)")
     report = {
-        "erased": list(target.names), "split": "seed prompts from the 'evaluate' prompt family only (it chose nothing)",
+        "erased": list(target.names), "split": split, "seed_family": seed_family,
         "edit": {k: v for k, v in target.eraser_settings.items() if k != "names"},
         "hook": target.concepts.hook or target.sae.cfg.hook,
         "sae": str(sae) if isinstance(sae, (str, Path)) else "the zoo's fashion-text-sae" if sae is None else "given",
@@ -195,7 +186,7 @@ def attack(families: Sequence[str] = FAMILIES, erase: Sequence[str] = ("sneaker"
         "families": {},
     }
     for family in families:
-        report["families"][family] = run_family(target, family, seeds, budget, seed, progress)
+        report["families"][family] = run_family(target, family, seeds, budget, seed, progress, seed_family)
         if out_dir is not None:
             write_json(Path(out_dir) / "attack.json", report)
     report["asr"] = {f: r["asr"] for f, r in report["families"].items()}

@@ -32,22 +32,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..zoo.t2i import draw as _generate, nchw  # noqa: F401 (the drawing helpers the evaluations share)
+
 DEFAULT_SETS = ("sneaker", "sneaker,bag,trouser")
-
-
-def _generate(pipe, prompts: Sequence[str], seeds: Sequence[int], settings: dict, batch: int = 16):
-    images, decisions = [], []
-    for i in range(0, len(prompts), batch):
-        gens = [torch.Generator().manual_seed(int(s)) for s in seeds[i : i + batch]]
-        out = pipe(list(prompts[i : i + batch]), generator=gens, output_type="np", **settings)
-        images.append(out.images)
-        decisions += getattr(out, "concept_decisions", [])
-    return np.concatenate(images), decisions
-
-
-def nchw(images: np.ndarray) -> torch.Tensor:
-    """A pipeline's numpy images ``[N, H, W, C]`` as the judge's ``[N, C, H, W]`` tensor."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
 
 
 def _grid(rows: list[tuple[np.ndarray, np.ndarray]], path: Path, scale: int = 3) -> None:

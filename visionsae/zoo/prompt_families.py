@@ -675,3 +675,20 @@ def near_miss_prompts(label: int, family: str) -> list[str]:
 
 def class_name(label: int) -> str:
     return CLASS_NAMES[_check_label(label)]
+
+
+def class_words(label: int) -> list[str]:
+    """The words of class ``label``'s name, singular and plural ("t-shirt": t, shirt, shirts)."""
+    _check_label(label)
+    return sorted({w for form in CLASS_WORDS[label] for w in form.replace("-", " ").split()})
+
+
+def class_pairs(label: int, family: str) -> list[tuple[str, str]]:
+    """(with, without) prompt pairs of class ``label`` in ``family`` (a concept direction's
+    pairs): each template of the family with one of the class's noun phrases, and with the
+    same-placed noun phrase of each other class."""
+    _check_family(family)
+    _check_label(label)
+    nouns = NOUNS[family]
+    return [(t.format(nouns[label][i % len(nouns[label])]), t.format(nouns[o][i % len(nouns[o])]))
+            for i, t in enumerate(TEMPLATES[family]) for o in range(len(nouns)) if o != label]

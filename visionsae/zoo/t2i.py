@@ -113,3 +113,25 @@ def read_settings(path: str | Path) -> dict[str, Any]:
     if not file.exists():
         raise FileNotFoundError(f"{file} not found: a zoo pipeline folder carries its {ZOO_CONFIG}")
     return json.loads(file.read_text())
+
+
+def draw(pipe, prompts, seeds, settings: dict, batch: int = 16):
+    """Images ``[N, H, W, C]`` (numpy, in [0, 1]) of ``prompts``, the i-th at ``seeds[i]``, by
+    the pipeline ``pipe`` called with ``settings``, ``batch`` prompts a call; with the concept
+    decisions of an ItD pipeline (else an empty list)."""
+    import numpy as np
+
+    images, decisions = [], []
+    for i in range(0, len(prompts), batch):
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds[i : i + batch]]
+        out = pipe(list(prompts[i : i + batch]), generator=gens, output_type="np", **settings)
+        images.append(out.images)
+        decisions += getattr(out, "concept_decisions", [])
+    return np.concatenate(images), decisions
+
+
+def nchw(images) -> torch.Tensor:
+    """A pipeline's numpy images ``[N, H, W, C]`` as the judge's ``[N, C, H, W]`` tensor."""
+    import numpy as np
+
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)

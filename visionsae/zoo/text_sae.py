@@ -75,8 +75,11 @@ def text_source(pipe=None, hook: str = HOOK):
     return TextEncoderSource(load_minilm_text_encoder(), load_minilm_tokenizer(), hook)
 
 
-def build_concepts(sae, src, max_fpr: float = MAX_FPR, l1: float = L1, progress: bool = True):
-    """The ten class concepts: fitted on ``select``, calibrated on ``calibrate``."""
+def build_concepts(sae, src, max_fpr: float = MAX_FPR, l1: float = L1, progress: bool = True, hardening=None):
+    """The ten class concepts: fitted on ``select`` (with ``hardening``, a
+    :mod:`visionsae.zoo.harden` file, its attack-style select-family prompts the stock pipeline
+    draws as each class too), calibrated on ``calibrate``."""
+    from .harden import positives
     from ..concepts.build import build_linear_concept_set
     from .captions import CLASS_NAMES, NUM_CLASSES
     from .prompt_families import generic_prompts, near_miss_prompts
@@ -90,7 +93,7 @@ def build_concepts(sae, src, max_fpr: float = MAX_FPR, l1: float = L1, progress:
         generic_prompts("calibrate", 1500, seed=0),
         near_misses={n: near_miss_prompts(c, "select") for c, n in enumerate(names)},
         near_misses_heldout={n: near_miss_prompts(c, "calibrate") for c, n in enumerate(names)},
-        max_fpr=max_fpr, l1=l1, progress=progress,
+        max_fpr=max_fpr, l1=l1, progress=progress, extra_positives=positives(hardening) if hardening else None,
     )
 
 
@@ -133,6 +136,9 @@ def main(argv=None) -> int:
     parser.add_argument("--samples", type=int, default=400_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--concepts-only", action="store_true", help="keep the SAE in --out, rebuild its concept set")
+    parser.add_argument("--hardening", default=None,
+                        help="a `python -m visionsae.zoo.harden` file whose positives join the fit (default: --out's "
+                             "hardening.json when it exists; 'none': without)")
     args = parser.parse_args(argv)
 
     from ..sae import SparseAutoencoder
@@ -151,10 +157,17 @@ def main(argv=None) -> int:
         sae = SparseAutoencoder.from_pretrained(out)
         metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         info = {"final_train_fvu": metrics[-1]["fvu"]}
-    cs = build_concepts(sae, src)
+    if args.hardening == "none":
+        hardening = None
+    elif args.hardening is not None:
+        hardening = Path(args.hardening)
+    else:
+        hardening = out / "hardening.json" if (out / "hardening.json").exists() else None
+    cs = build_concepts(sae, src, hardening=hardening)
     cs.save(out / "concepts.json")
     info["concepts"] = summary(cs)
     info["concepts_split"] = "features fitted on the select family, thresholds set on the calibrate family"
+    info["hardening"] = str(hardening.name) if hardening else None
     (out / "training.json").write_text(json.dumps(info, indent=2))
     print(json.dumps(info, indent=2))
     return 0
