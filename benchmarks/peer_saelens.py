@@ -28,6 +28,7 @@ from benchmarks import current_rss_mb, write_json
 from benchmarks.train_throughput import (SETTINGS, add_run_arguments, floors, planted_batches, rates, run_fields,
                                          setting_dict)
 from visionsae.planted import PlantedConfig, PlantedData, recovery
+from visionsae.sae.metrics import FVU
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
@@ -102,16 +103,15 @@ def run(name: str, samples: int, seed: int = 0, setting: dict | None = None, sco
         data = PlantedData(planted)
         sae.eval()
         with torch.no_grad():
-            num = den = l0 = 0.0
+            fvu, l0 = FVU(), 0.0
             for i in range(4):
                 x = data.batch(10_000_000 + i, 1024)
                 acts = sae.encode(x)
                 x_hat = sae.decode(acts)
-                num += float((x - x_hat).pow(2).sum())
-                den += float((x - x.mean(0)).pow(2).sum())
+                fvu.update(x, x_hat)
                 l0 += float((acts > 0).sum(-1).float().mean())
         W_dec = sae.W_dec.detach()
-        quality = {"fvu": num / den, "l0": l0 / 4, "recovered": recovery(W_dec / W_dec.norm(dim=1, keepdim=True), data.directions)["recovered"]}
+        quality = {"fvu": fvu.value, "l0": l0 / 4, "recovered": recovery(W_dec / W_dec.norm(dim=1, keepdim=True), data.directions)["recovered"]}
     return {
         "library": "saelens",
         "setting": name,

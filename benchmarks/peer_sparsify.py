@@ -35,6 +35,7 @@ from benchmarks import current_rss_mb, write_json
 from benchmarks.train_throughput import (SETTINGS, add_run_arguments, floors, planted_batches, rates, run_fields,
                                          setting_dict)
 from visionsae.planted import PlantedConfig, PlantedData, recovery
+from visionsae.sae.metrics import FVU
 
 # sparsify's Triton decoder needs a GPU driver; on a CPU its own eager fallback is the
 # embedding_bag decoder (what it uses when Triton is absent).
@@ -173,14 +174,13 @@ def run(name: str, samples: int, lr: float | None = None, optimizer: str | None 
     if score_quality:
         data = PlantedData(planted)
         with torch.no_grad():
-            num = den = l0 = 0.0
+            fvu, l0 = FVU(), 0.0
             for i in range(4):
                 x = data.batch(10_000_000 + i, 1024)
                 out = sae(x)
-                num += float((x - out.sae_out).pow(2).sum())
-                den += float((x - x.mean(0)).pow(2).sum())
+                fvu.update(x, out.sae_out)
                 l0 += float((out.latent_acts > 0).sum(-1).float().mean())
-        quality = {"fvu": num / den, "l0": l0 / 4, "recovered": recovery(sae.W_dec.detach(), data.directions)["recovered"]}
+        quality = {"fvu": fvu.value, "l0": l0 / 4, "recovered": recovery(sae.W_dec.detach(), data.directions)["recovered"]}
     opt = trainer.optimizers[0]
     return {
         "library": "sparsify",

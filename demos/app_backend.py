@@ -9,7 +9,6 @@ puts them in a Gradio page; they can be scripted without it::
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import threading
@@ -84,23 +83,20 @@ class Eraser:
         """The embedded zoo model with its text SAE and class concepts, with ``visionsae demo``'s defaults."""
         from visionsae.pipelines.itd import ItDStableDiffusionPipeline
         from visionsae.concepts import ConceptSet
-        from visionsae.demo_main import PROMPTS
         from visionsae.sae import SparseAutoencoder
         from visionsae.zoo import NUM_CLASSES, load_fashion_pipeline, zoo_dir
         from visionsae.zoo.captions import sample_prompts
-        from visionsae.zoo.text_sae import SAE_DIR
+        from visionsae.zoo.settings import DEMO_ERASE, DEMO_PROMPTS, ERASE_MODE, ERASE_VALUE, TEXT_SAE_DIR as SAE_DIR
 
         stock = load_fashion_pipeline(device=device)
         pipe = ItDStableDiffusionPipeline.from_pipe(stock)
         pipe.set_progress_bar_config(disable=True)
         sae = SparseAutoencoder.from_pretrained(zoo_dir() / SAE_DIR).to(device).eval()
         concepts = ConceptSet.load(zoo_dir() / SAE_DIR / "concepts.json")
-        demo = _demo_defaults()  # `visionsae demo`'s concept and edit, measured on the zoo
-        erase = [n.strip() for n in demo.erase.split(",") if n.strip()]
         generic = _imagenet_prompts(200)
         if label_prompts is None:
             label_prompts = [p for c in range(NUM_CLASSES) for p in sample_prompts(c, 30, "train", seed=0)] + generic
-        return cls(pipe, sae, concepts, dict(stock.zoo_settings), demo.mode, demo.value, erase, PROMPTS[0],
+        return cls(pipe, sae, concepts, dict(stock.zoo_settings), ERASE_MODE, ERASE_VALUE, list(DEMO_ERASE), DEMO_PROMPTS[0],
                    list(label_prompts), generic, device)
 
     @classmethod
@@ -365,15 +361,6 @@ def _whole_number(value: Any, what: str) -> int:
         raise AppError(f"{what} must be a whole number, got {value!r}.") from None
 
 
-def _demo_defaults() -> argparse.Namespace:
-    """The defaults of ``visionsae demo`` (erase, mode, value ...), so the two demos agree."""
-    from visionsae.demo_main import add_arguments
-
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return parser.parse_args([])
-
-
 def _imagenet_prompts(n: int) -> list[str]:
     from visionsae.sources.corpus import sample_prompts
 
@@ -474,7 +461,7 @@ class Asker:
         if self._concepts is None:
             from visionsae.concepts import ConceptSet
             from visionsae.zoo import zoo_dir
-            from visionsae.zoo.vqa_sae import SAE_DIR
+            from visionsae.zoo.settings import VQA_SAE_DIR as SAE_DIR
 
             path = zoo_dir() / SAE_DIR / "concepts.json"
             self._concepts = ConceptSet.load(path) if path.exists() else False
@@ -549,7 +536,7 @@ class Asker:
         from visionsae.sae import SparseAutoencoder
         from visionsae.zoo import zoo_dir
         from visionsae.zoo.vqa import FashionVQA
-        from visionsae.zoo.vqa_sae import SAE_DIR, UNLEARN_MODE, UNLEARN_TOKENS, UNLEARN_VALUE
+        from visionsae.zoo.settings import UNLEARN_MODE, UNLEARN_TOKENS, UNLEARN_VALUE, VQA_SAE_DIR as SAE_DIR
 
         setting = dict(tokens=UNLEARN_TOKENS, mode=UNLEARN_MODE, value=UNLEARN_VALUE)
         if self._sauce is None:

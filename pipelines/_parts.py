@@ -20,6 +20,7 @@ from typing import Any
 from visionsae.concepts import ConceptSet
 from visionsae.sae import SparseAutoencoder
 from visionsae.sae.io import atomic_write_bytes
+from visionsae.errors import UsageError
 
 PARTS_VERSION = 1
 
@@ -76,14 +77,14 @@ def read_parts(folder: str | os.PathLike) -> dict[str, Any] | None:
         return None
     file = folder / f"{folder.name}.json"
     if not file.is_file():
-        raise ValueError(f"{folder} has no {file.name}: it was not written by save_pretrained, or only in part")
+        raise UsageError(f"{folder} has no {file.name}: it was not written by save_pretrained, or only in part")
     try:
         manifest = json.loads(file.read_text())
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{file} is not valid JSON: {exc}") from exc
+        raise UsageError(f"{file} is not valid JSON: {exc}") from exc
     version = manifest.get("format_version")
     if not isinstance(version, int) or version > PARTS_VERSION:
-        raise ValueError(f"{file} has format_version {version!r}; this visionsae reads up to {PARTS_VERSION}")
+        raise UsageError(f"{file} has format_version {version!r}; this visionsae reads up to {PARTS_VERSION}")
     return manifest
 
 

@@ -122,7 +122,7 @@ class _ItDMixin:
         sae = as_sae(sae).to(encoder.device)
         hook = hook or sae.cfg.hook
         if not hook:
-            raise ValueError("no hook point: pass hook=..., or use an SAE that records one")
+            raise UsageError("no hook point: pass hook=..., or use an SAE that records one")
         edit = steering_edit(encoder, hook, sae, features, strength)
         edit.enabled = False
         edit.attach()
@@ -219,7 +219,7 @@ class _ItDMixin:
         made = getattr(prompt_embeds, "_itd_made_by", None)
         if made is None or made[0] != id(self):
             hooks = ", ".join(repr(e.hook) for _, e in self._edits())
-            raise ValueError(
+            raise UsageError(
                 f"prompt_embeds were passed in, but ItD edits the text encoder at {hooks}, inside the "
                 "encoder; embeddings made elsewhere never went through it. Pass `prompt` instead, or "
                 "build the embeddings with this pipeline's encode_prompt."
@@ -373,7 +373,7 @@ class ItDStableDiffusionPipeline(_ItDMixin, StableDiffusionPipeline):
         pipe = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         if sae is not None or concepts is not None:
             if sae is None or concepts is None:
-                raise ValueError("pass both sae= and concepts= (or neither, and call set_eraser later)")
+                raise UsageError("pass both sae= and concepts= (or neither, and call set_eraser later)")
             pipe.set_eraser(sae, concepts, erase, hook=hook, mode=mode, value=value)
         else:
             pipe._load_parts(pretrained_model_name_or_path)

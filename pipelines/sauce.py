@@ -33,6 +33,7 @@ from visionsae.control.sauce import SAUCEUnlearner
 from visionsae.sae.io import atomic_write_bytes
 
 from ._parts import as_concepts, as_sae, read_parts, remove_parts, write_parts
+from visionsae.errors import UsageError
 
 PARTS_DIR = "sauce"  # the folder save_pretrained writes beside the weights
 
@@ -50,7 +51,7 @@ class SAUCELlavaForConditionalGeneration(LlavaForConditionalGeneration):
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         if sae is not None or concepts is not None:
             if sae is None or concepts is None:
-                raise ValueError("pass both sae= and concepts= (or neither, and call set_unlearning later)")
+                raise UsageError("pass both sae= and concepts= (or neither, and call set_unlearning later)")
             model.set_unlearning(sae, concepts, unlearn, tokens=tokens, mode=mode, value=value, hook=hook)
         elif Path(pretrained_model_name_or_path).is_dir():
             root = Path(pretrained_model_name_or_path) / PARTS_DIR
@@ -129,7 +130,7 @@ class SAUCELlavaForConditionalGeneration(LlavaForConditionalGeneration):
     @unlearning_enabled.setter
     def unlearning_enabled(self, on: bool) -> None:
         if self._unlearner is None:
-            raise ValueError("no unlearning is set: call set_unlearning(sae, concepts, ...) first")
+            raise UsageError("no unlearning is set: call set_unlearning(sae, concepts, ...) first")
         self._unlearner.enabled = bool(on)
 
     def to(self, *args, **kwargs):

@@ -470,7 +470,7 @@ def test_erase_out_under_a_regular_file(regular_file, capsys):
 
 
 def test_erase_help_gives_the_zoo_default_strength(capsys):
-    from visionsae.zoo.text_sae import ERASE_VALUE
+    from visionsae.zoo.settings import ERASE_VALUE
 
     with pytest.raises(SystemExit):
         main(["erase", "--help"])
@@ -483,7 +483,7 @@ def test_erase_help_gives_the_zoo_default_strength(capsys):
 def zoo_concepts_out_of_range(work) -> Path:
     """The zoo's concept set with sneaker's first feature id moved past the SAE's last latent."""
     from visionsae.zoo import zoo_dir
-    from visionsae.zoo.text_sae import SAE_DIR
+    from visionsae.zoo.settings import TEXT_SAE_DIR as SAE_DIR
 
     raw = json.loads((zoo_dir() / SAE_DIR / "concepts.json").read_text())
     raw["concepts"]["sneaker"]["features"][0] = raw["n_latents"] + 5
@@ -511,7 +511,7 @@ def test_erase_whose_edit_gives_a_nan_image_writes_nothing(tmp_path, capsys):
 
 def test_concepts_build_checks_its_output_and_prompt_files(sae_dir, regular_file, tmp_path, capsys):
     from visionsae.zoo import zoo_dir
-    from visionsae.zoo.text_sae import SAE_DIR
+    from visionsae.zoo.settings import TEXT_SAE_DIR as SAE_DIR
 
     good = tmp_path / "sneaker.txt"
     good.write_text("\n".join(f"a photo of a sneaker {i}" for i in range(8)))
@@ -657,7 +657,7 @@ def test_api_wrap_with_no_concepts_and_a_nan_edit(zoo_pipe):
     from visionsae.control.edit import EditSpec
     from visionsae.pipelines.itd import ItDStableDiffusionPipeline
     from visionsae.zoo import zoo_dir
-    from visionsae.zoo.text_sae import SAE_DIR
+    from visionsae.zoo.settings import TEXT_SAE_DIR as SAE_DIR
 
     sae = zoo_dir() / SAE_DIR
     with pytest.raises(UsageError, match=r"no concept given: pass the names of concepts of the set \(or None for all"):
@@ -766,7 +766,7 @@ def test_read_only_output_folders(sae_dir, prompts_file, tmp_path):
     (ro / "earlier.txt").write_text("kept\n")
     ro.chmod(0o555)
     from visionsae.zoo import zoo_dir
-    from visionsae.zoo.text_sae import SAE_DIR
+    from visionsae.zoo.settings import TEXT_SAE_DIR as SAE_DIR
 
     cases = {
         "train": [*TRAIN, "--out-dir", ro / "run"],

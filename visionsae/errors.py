@@ -19,6 +19,14 @@ class UsageError(ValueError):
     """A mistake the user can fix; its message names the input and what was expected."""
 
 
+class UnknownNameError(UsageError, KeyError):
+    """A name the user gave (a concept, a class) that is not there (a :class:`UsageError` that is
+    also a ``KeyError``, for code that catches the latter); its message reads as written."""
+
+    def __str__(self) -> str:
+        return ValueError.__str__(self)
+
+
 class InputNotFoundError(UsageError, FileNotFoundError):
     """A file or directory the user named does not exist (a :class:`UsageError` that is also a
     ``FileNotFoundError``, for code that catches the latter)."""

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 
 from visionsae.store import ActivationStore, TokenKind
+from .errors import UsageError
+from .sae.metrics import FVU
 
 
 @dataclass
@@ -125,7 +127,7 @@ def inspect_store(
     from tqdm.auto import tqdm
 
     if store.d_in != sae.cfg.d_in:
-        raise ValueError(
+        raise UsageError(
             f"the store at {store.path} holds {store.d_in}-wide activations (hook {store.hook!r}) "
             f"but the SAE expects {sae.cfg.d_in}"
         )
@@ -133,9 +135,7 @@ def inspect_store(
     n = sae.cfg.n_latents
     counts = torch.zeros(n, dtype=torch.float64)
     max_value = torch.zeros(n, dtype=torch.float32)
-    sum_x = torch.zeros(sae.cfg.d_in, dtype=torch.float64)
-    sum_sq = 0.0
-    err_sq = 0.0
+    fvu = FVU()
     l0_sum = 0.0
     rows = 0
     empty = [np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.int32),
@@ -158,9 +158,7 @@ def inspect_store(
                 x = shard.acts[s:e].to(device, torch.float32)
                 code = sae.encode(x)
                 x_hat = sae.decode(code).float()
-                err_sq += float((x - x_hat).pow(2).sum())
-                sum_x += x.sum(0).double().cpu()
-                sum_sq += float(x.double().pow(2).sum())
+                fvu.update(x, x_hat)
                 values, indices = code.values.float().cpu(), code.indices.cpu()
                 active = values > 0
                 l0_sum += float((code.values != 0).sum())
@@ -175,12 +173,11 @@ def inspect_store(
                 rows += e - s
                 bar.update(e - s)
     if rows == 0:
-        raise ValueError(f"no rows{'' if kinds is None else f' of kinds {kinds!r}'} in the store at {store.path}")
-    total_var = sum_sq - float(sum_x.pow(2).sum()) / rows
+        raise UsageError(f"no rows{'' if kinds is None else f' of kinds {kinds!r}'} in the store at {store.path}")
     return Inspection(
         rows=rows,
-        fvu=err_sq / max(total_var, 1e-12),
-        mse=err_sq / rows / sae.cfg.d_in,
+        fvu=fvu.value,
+        mse=fvu.sq_err / rows / sae.cfg.d_in,
         l0=l0_sum / rows,
         frequency=(counts / rows).numpy(),
         max_value=max_value.numpy(),

@@ -17,6 +17,7 @@ from typing import Iterator
 
 import torch
 import torch.nn.functional as F
+from .errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class PlantedData:
 
     def __init__(self, cfg: PlantedConfig = PlantedConfig()) -> None:
         if cfg.mean_active <= 0 or cfg.mean_active > cfg.n_true:
-            raise ValueError(f"mean_active must be in (0, n_true={cfg.n_true}], got {cfg.mean_active}")
+            raise UsageError(f"mean_active must be in (0, n_true={cfg.n_true}], got {cfg.mean_active}")
         self.cfg = cfg
         # The directions get a stream of their own: an SAE under test is initialised from
         # torch's global generator, usually seeded with the same small integer, and with a

@@ -8,7 +8,7 @@ import torch
 from scipy.stats import binom
 
 from visionsae.audit import AuditConfig
-from visionsae.audit.command import read_jsonl
+from visionsae.audit.inputs import read_jsonl
 from visionsae.audit.core import SetStats, _key_hashes, concept_table, group_shifts, poisson_weights
 
 
@@ -115,7 +115,7 @@ def test_jsonl_groups_reach_both_sides_and_must_be_all_or_none(tmp_path):
 def test_subfolders_of_the_folders_are_groups(tmp_path):
     from PIL import Image
 
-    from visionsae.audit.command import read_folders
+    from visionsae.audit.inputs import read_folders
 
     for rel in ("real/bag/a.png", "real/coat/b.png", "gen/bag/c.png", "flat/d.png", "flat/coat/e.png"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)

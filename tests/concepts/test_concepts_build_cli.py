@@ -12,7 +12,7 @@ from visionsae.concepts import ConceptSet
 from visionsae.concepts.split import split_by_skeleton, words_of
 from visionsae.zoo import zoo_dir
 from visionsae.zoo.prompt_families import SCENES, TEMPLATES, concept_prompts, generic_prompts, near_miss_prompts
-from visionsae.zoo.text_sae import SAE_DIR
+from visionsae.zoo.settings import TEXT_SAE_DIR as SAE_DIR
 
 SNEAKER, BAG = 7, 8
 

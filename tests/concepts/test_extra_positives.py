@@ -10,7 +10,7 @@ from visionsae.concepts.linear import LinearConcept, pooled_codes
 from visionsae.sae import SparseAutoencoder
 from visionsae.zoo import zoo_dir
 from visionsae.zoo.prompt_families import concept_prompts, generic_prompts
-from visionsae.zoo.text_sae import SAE_DIR, text_source
+from visionsae.zoo.training.text_sae import SAE_DIR, text_source
 
 SNEAKER, BAG = 7, 8
 # word salad around the class words (in the style of the hardening file's "words" prompts)

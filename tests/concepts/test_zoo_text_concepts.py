@@ -16,7 +16,7 @@ from visionsae.sae import SparseAutoencoder
 from visionsae.sources.base import output_tensor
 from visionsae.zoo import CLASS_NAMES, zoo_dir
 from visionsae.zoo.prompt_families import basic_forms, concept_prompts, near_miss_prompts
-from visionsae.zoo.text_sae import HOOK, SAE_DIR, text_source
+from visionsae.zoo.training.text_sae import HOOK, SAE_DIR, text_source
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import math
 import numpy as np
 from PIL import Image
 
-from visionsae.audit.command import read_jsonl
+from visionsae.audit.inputs import read_jsonl
 from visionsae.eval.audit import _summary, owners, plant_rank, plant_records
 
 

@@ -19,7 +19,7 @@ from visionsae.pipelines.itd import ItDStableDiffusionPipeline
 from visionsae.eval.erasure import _generate, evaluate, nchw
 from visionsae.zoo import CLASS_NAMES, load_fashion_judge, load_fashion_pipeline, zoo_dir
 from visionsae.zoo.prompt_families import concept_prompts
-from visionsae.zoo.text_sae import ERASE_MODE, ERASE_VALUE, SAE_DIR
+from visionsae.zoo.settings import ERASE_MODE, ERASE_VALUE, TEXT_SAE_DIR as SAE_DIR
 
 
 @pytest.fixture(scope="module")

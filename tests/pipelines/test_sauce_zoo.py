@@ -18,7 +18,8 @@ from visionsae.eval.unlearning import category_questions, eval_images, footwear_
 from visionsae.sae import SparseAutoencoder
 from visionsae.zoo import CLASS_NAMES, load_fashion_vqa, zoo_dir
 from visionsae.zoo.vqa import FashionVQA
-from visionsae.zoo.vqa_sae import SAE_DIR, UNLEARN_MODE, UNLEARN_TOKENS, UNLEARN_VALUE, collect, conversations, fvu_by_kind
+from visionsae.zoo.settings import UNLEARN_MODE, UNLEARN_TOKENS, UNLEARN_VALUE, VQA_SAE_DIR as SAE_DIR
+from visionsae.zoo.training.vqa_sae import collect, conversations, fvu_by_kind
 
 PER_CLASS = 20
 HELDOUT_FVU_BAR = 0.02  # measured 0.0048 over 2000 held-out conversations (training.json)

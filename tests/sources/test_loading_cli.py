@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from visionsae.audit.command import read_jsonl
+from visionsae.audit.inputs import read_jsonl
 from visionsae.cli import main
 from visionsae.sources import TextEncoderSource, TokenKind
 from visionsae.sources.loading import read_inputs

@@ -1,5 +1,5 @@
 """Hardening prompts (attack-style positives of the zoo's class concepts), a small real run of
-:mod:`visionsae.zoo.harden`: made from the ``select`` prompt family only, labelled by what the
+:mod:`visionsae.zoo.training.harden`: made from the ``select`` prompt family only, labelled by what the
 stock pipeline really draws, and the concept-vector ones free of the class word."""
 
 import json
@@ -7,7 +7,7 @@ import json
 import pytest
 
 from visionsae.zoo import CLASS_NAMES, load_fashion_judge, load_fashion_pipeline
-from visionsae.zoo.harden import KINDS, label_by_stock, positives, variants
+from visionsae.zoo.training.harden import KINDS, label_by_stock, positives, variants
 from visionsae.zoo.prompt_families import (FAMILIES, class_words, concept_prompts, generic_prompts,
                                            near_miss_prompts)
 

@@ -36,7 +36,7 @@ def test_judge_crops_the_pipeline_border_instead_of_resizing():
 
 def test_judge_still_reads_blurred_images():
     # generated images are softer than photos; the judge was trained with blur (90.6% at sigma 0.75)
-    from visionsae.zoo.train_judge import gaussian_blur
+    from visionsae.zoo.training.train_judge import gaussian_blur
 
     judge = load_fashion_judge()
     images, labels = load_fashion_mnist("test")

@@ -9,7 +9,7 @@ import torch
 
 from visionsae.zoo import captions, load_fashion_vqa
 from visionsae.zoo.data import load_fashion_mnist
-from visionsae.zoo.train_vqa import pixel_values
+from visionsae.zoo.training.train_vqa import pixel_values
 from visionsae.zoo.vqa import clean_answer, fashion_images_to_pil
 
 N_IMAGES = 300

@@ -121,7 +121,7 @@ def attack_success_rate(stock_draws: Sequence[bool], erased_draws: Sequence[bool
     """ASR: of the prompts the stock pipeline draws as the concept, the share the erased one
     still draws as it. Prompts the stock pipeline does not draw are not counted."""
     if len(stock_draws) != len(erased_draws):
-        raise ValueError(f"{len(stock_draws)} stock judgements but {len(erased_draws)} erased ones")
+        raise UsageError(f"{len(stock_draws)} stock judgements but {len(erased_draws)} erased ones")
     stock = np.asarray(stock_draws, dtype=bool)
     erased = np.asarray(erased_draws, dtype=bool)
     counted = int(stock.sum())

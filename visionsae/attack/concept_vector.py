@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from .common import SeedResult, Target, check_positive, seeded
 from .whitebox import word_token_ids
+from ..errors import UsageError
 
 
 @dataclass
@@ -52,7 +53,7 @@ class ConceptVectorConfig:
         for name in ("budget", "population", "length", "elite"):
             check_positive(f"--{name}", getattr(self, name))
         if not 0 <= self.mutation <= 1:
-            raise ValueError(f"mutation must be in [0, 1], got {self.mutation}")
+            raise UsageError(f"mutation must be in [0, 1], got {self.mutation}")
 
 
 @torch.no_grad()
@@ -71,7 +72,7 @@ def concept_direction(pipe, pairs: Sequence[tuple[str, str]]) -> torch.Tensor:
     """``mean(E(with) - E(without))`` ``[T, d]`` in the text encoder of the (stock) pipeline
     ``pipe`` over prompt ``pairs`` (with the concept, without)."""
     if not pairs:
-        raise ValueError("the concept direction needs at least one (with, without) prompt pair")
+        raise UsageError("the concept direction needs at least one (with, without) prompt pair")
     tok = pipe.tokenizer
     diffs = []
     for i in range(0, len(pairs), 64):
@@ -154,7 +155,7 @@ def run_concept_vector_attack(target: Target, seeds: Sequence[tuple[str, str]], 
     directions, allowed = {}, {}
     for concept in dict.fromkeys(c for _, c in seeds):
         if concept not in pairs:
-            raise ValueError(f"no prompt pairs for concept {concept!r}; the concept-vector attack needs them")
+            raise UsageError(f"no prompt pairs for concept {concept!r}; the concept-vector attack needs them")
         directions[concept] = concept_direction(target.stock, pairs[concept])
         allowed[concept] = word_token_ids(tok, target.exclude_words.get(concept, [concept]))
     return [attack_prompt(target, p, c, directions[c], cfg, allowed[c], i)

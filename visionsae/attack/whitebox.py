@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .common import SeedResult, Target, check_positive, seeded
+from ..errors import UsageError
 
 
 @dataclass
@@ -147,7 +148,7 @@ def attack_prompt(target: Target, prompt: str, concept: str, cfg: WhiteBoxConfig
     # already change what it draws
     start_id = tok.convert_tokens_to_ids(cfg.start_token)
     if start_id == tok.unk_token_id:
-        raise ValueError(f"the white-box start token {cfg.start_token!r} is not in the tokenizer's vocabulary")
+        raise UsageError(f"the white-box start token {cfg.start_token!r} is not in the tokenizer's vocabulary")
     ids[slot] = start_id
     W = pipe.text_encoder.get_input_embeddings().weight  # [V, d]
     queries = 1

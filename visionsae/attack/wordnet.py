@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from ..errors import InputNotFoundError
 
 WORDNET_DIR = Path("/usr/share/wordnet")
 # WordNet 3.0's lexicographer files in file-number order (lexnames(5WN))
@@ -51,7 +52,7 @@ def ensure_wordnet() -> Path:
     corpus = root / "corpora" / "wordnet"
     if not (corpus / "lexnames").exists():
         if not WORDNET_DIR.is_dir():
-            raise FileNotFoundError(f"{WORDNET_DIR} not found: the synonym attack needs Debian's wordnet-base "
+            raise InputNotFoundError(f"{WORDNET_DIR} not found: the synonym attack needs Debian's wordnet-base "
                                     "(apt-get install wordnet-base; make test installs it)")
         tmp = corpus.with_name(f"wordnet.tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)

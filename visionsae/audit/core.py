@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from ..sae import SAEConfig, SparseAutoencoder
 from ..store import ActivationStore, TokenKind
+from ..errors import UsageError
 
 # Poisson(1) CDF up to 12 (the rest of the mass, ~1e-10, goes to 12): bootstrap weights.
 _POISSON_CDF = torch.tensor([sum(math.exp(-1) / math.factorial(j) for j in range(i + 1)) for i in range(12)],
@@ -89,13 +90,13 @@ class AuditConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= self.t_low < 0.5 < self.t_high <= 1:
-            raise ValueError(f"thresholds must satisfy 0 <= t_low < 0.5 < t_high <= 1, got {self.t_low} and {self.t_high}")
+            raise UsageError(f"thresholds must satisfy 0 <= t_low < 0.5 < t_high <= 1, got {self.t_low} and {self.t_high}")
         if not 0 < self.confidence < 1:
-            raise ValueError(f"confidence must be in (0, 1), got {self.confidence}")
+            raise UsageError(f"confidence must be in (0, 1), got {self.confidence}")
         for name in ("bootstrap", "top_images", "batch_size", "shard_rows", "descriptor_grid", "sae_latents", "sae_k",
                      "sae_batch", "sae_samples", "memorisation_neighbours"):
             if getattr(self, name) < 1:
-                raise ValueError(f"AuditConfig.{name} must be >= 1, got {getattr(self, name)}")
+                raise UsageError(f"AuditConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.kinds:
             TokenKind.parse(self.kinds)
 
@@ -122,13 +123,13 @@ class ImageSet:
 
     def __post_init__(self) -> None:
         if not self.items:
-            raise ValueError(f"image set {self.name!r} is empty")
+            raise UsageError(f"image set {self.name!r} is empty")
         for what in ("keys", "captions", "groups"):
             v = getattr(self, what)
             if v is not None and len(v) != len(self.items):
-                raise ValueError(f"image set {self.name!r} has {len(self.items)} images but {len(v)} {what}")
+                raise UsageError(f"image set {self.name!r} has {len(self.items)} images but {len(v)} {what}")
         if not self.name.replace("-", "").replace("_", "").isalnum():
-            raise ValueError(f"image set name {self.name!r} must be letters, digits, '-' or '_'")
+            raise UsageError(f"image set name {self.name!r} must be letters, digits, '-' or '_'")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -545,10 +546,10 @@ def run_audit(source, real: ImageSet, generated: Sequence[ImageSet], out_dir: st
     ``out_dir``; rerunning with the same inputs resumes the extraction and reuses the SAE.
     """
     if not generated:
-        raise ValueError("the audit needs at least one generated image set")
+        raise UsageError("the audit needs at least one generated image set")
     names = [real.name] + [g.name for g in generated]
     if len(set(names)) != len(names):
-        raise ValueError(f"image set names must differ, got {names}")
+        raise UsageError(f"image set names must differ, got {names}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -559,7 +560,7 @@ def run_audit(source, real: ImageSet, generated: Sequence[ImageSet], out_dir: st
         sae = SparseAutoencoder.from_pretrained(sae)
     sae = sae.eval()
     if sae.d_in != stores[real.name].d_in:
-        raise ValueError(f"the SAE reads {sae.d_in} features but the backbone's hook {source.hook!r} gives {stores[real.name].d_in}")
+        raise UsageError(f"the SAE reads {sae.d_in} features but the backbone's hook {source.hook!r} gives {stores[real.name].d_in}")
     stats, metas = {}, {}
     for s in [real, *generated]:
         stats[s.name], metas[s.name] = stream_set(stores[s.name], sae, s, cfg, out / "stores" / f"{s.name}.descriptors")

@@ -21,6 +21,7 @@ from .conceptset import Concept, ConceptSet, sae_fingerprint, starts_with_specia
 from .linear import calibrate_fpr, fit_linear, pooled_codes
 from .normalize import Normalizer, as_read, vocabulary
 from .select import prompt_activations, prompt_stats, select_features
+from ..errors import UsageError
 
 
 @torch.no_grad()
@@ -67,7 +68,7 @@ def build_concept_set(
     """
     missing = sorted(set(concept_prompts) - set(heldout_prompts))
     if missing:
-        raise ValueError(f"concepts {missing} have no held-out prompts to calibrate on")
+        raise UsageError(f"concepts {missing} have no held-out prompts to calibrate on")
     skip = starts_with_special(getattr(source, "tokenizer", None))  # CLIP / BERT: leave the start token out
     keep = prompt_stats(sae, source, keep_prompts, top_n, skip_first=skip, progress=progress)
     hook = getattr(source, "hook", None) or sae.cfg.hook
@@ -80,7 +81,7 @@ def build_concept_set(
         negatives = [keep] + ([stats[o] for o in stats if o != name] if others_as_keep else [])
         ids, scores = select_features(stats[name], negatives, method, min_frequency, keep_tolerance, percentile, max_features)
         if not ids:
-            raise ValueError(f"no feature of this SAE is specific to concept {name!r}; give more or clearer prompts")
+            raise UsageError(f"no feature of this SAE is specific to concept {name!r}; give more or clearer prompts")
         selected[name] = (ids, scores)
         if broad_edit and others_as_keep:
             broad, _ = select_features(stats[name], [keep], method, min_frequency, keep_tolerance, percentile, max_features)
@@ -145,7 +146,7 @@ def build_linear_concept_set(
 
     missing = sorted(set(concept_prompts) - set(heldout_prompts))
     if missing:
-        raise ValueError(f"concepts {missing} have no held-out prompts to calibrate on")
+        raise UsageError(f"concepts {missing} have no held-out prompts to calibrate on")
     names = list(concept_prompts)
     near_misses, near_misses_heldout = dict(near_misses or {}), dict(near_misses_heldout or {})
     vocab = {n: vocabulary(concept_prompts[n], [*keep_prompts, *near_misses.get(n, ()),
@@ -163,7 +164,7 @@ def build_linear_concept_set(
     extra = dict(extra_positives or {})
     unknown = sorted(set(extra) - set(names))
     if unknown:
-        raise ValueError(f"extra positives for {unknown}, which are not among the concepts {names}")
+        raise UsageError(f"extra positives for {unknown}, which are not among the concepts {names}")
     own = {n: codes([*concept_prompts[n], *extra.get(n, ())]) for n in names}
     near = {n: codes(near_misses.get(n, ())) for n in names}
     bar.update(1)

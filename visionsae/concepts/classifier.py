@@ -36,7 +36,7 @@ def concept_scores(sae: SparseAutoencoder, h: torch.Tensor, code: SparseCode, fe
     """Scores ``[B, C]`` of ``C`` concepts (each a tensor of feature ids) for inputs ``h [B, T, d]``;
     ``kind="linear"`` also needs each concept's ``weights`` (one per id) and ``biases``."""
     if kind not in SCORES:
-        raise ValueError(f"unknown concept score {kind!r}; expected one of {SCORES}")
+        raise UsageError(f"unknown concept score {kind!r}; expected one of {SCORES}")
     values, indices = code
     if skip_first and h.shape[1] > 1:
         h, values, indices = h[:, 1:], values[:, 1:], indices[:, 1:]
@@ -44,7 +44,7 @@ def concept_scores(sae: SparseAutoencoder, h: torch.Tensor, code: SparseCode, fe
     out = torch.zeros(B, len(features))
     if kind == "linear":
         if weights is None or biases is None:
-            raise ValueError("the linear concept score needs each concept's weights and bias")
+            raise UsageError("the linear concept score needs each concept's weights and bias")
         # each read latent's max |value| over the tokens: [B, U] (never a dense [B, n_latents])
         ids = torch.cat([f.reshape(-1) for f in features]).unique().to(indices.device)  # [U], sorted
         U = ids.numel()
@@ -75,9 +75,9 @@ def calibrate(positive: torch.Tensor, negative: torch.Tensor, target_recall: flo
     """The highest threshold that flags at least ``target_recall`` of ``positive`` scores,
     with the recall, false-positive rate on ``negative`` and AUROC it gives."""
     if positive.numel() == 0:
-        raise ValueError("calibration needs at least one held-out concept prompt")
+        raise UsageError("calibration needs at least one held-out concept prompt")
     if not 0 < target_recall <= 1:
-        raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")
+        raise UsageError(f"target_recall must be in (0, 1], got {target_recall}")
     pos = positive.double().sort().values
     # flag >= threshold; allow at most floor((1 - recall) * n) misses
     misses = int(math.floor((1 - target_recall) * pos.numel() + 1e-9))
@@ -127,9 +127,9 @@ class ConceptClassifier:
         for n in self.names:
             c = concepts[n]
             if c.threshold is None:
-                raise ValueError(f"concept {n!r} has no calibrated threshold; run `visionsae concepts calibrate`")
+                raise UsageError(f"concept {n!r} has no calibrated threshold; run `visionsae concepts calibrate`")
             if not c.features:
-                raise ValueError(f"concept {n!r} has no features")
+                raise UsageError(f"concept {n!r} has no features")
         self.skip_first = concepts.skip_first if skip_first is None else skip_first
         self.feature_ids = feature_union(concepts, self.names, edit=True)  # [F]: what an edit changes
         self._groups = [torch.tensor(concepts[n].features, dtype=torch.long) for n in self.names]

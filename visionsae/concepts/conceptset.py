@@ -15,8 +15,9 @@ from typing import Any
 
 import torch
 
-from ..errors import UsageError
+from ..errors import InputNotFoundError, UnknownNameError, UsageError
 from ..sae import SparseAutoencoder
+from ..sae.model import folded
 from ..sae.io import atomic_write_bytes
 
 CONCEPTSET_VERSION = 2  # 2: score 'linear' (weights, bias) and vocabularies
@@ -27,12 +28,8 @@ def sae_fingerprint(sae: SparseAutoencoder) -> str:
     h = hashlib.sha256()
     scale = float(sae.input_scale)
     for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
-        t = getattr(sae, name).detach().float().cpu()
         # fingerprint the folded weights, so a saved-and-reloaded SAE matches its original
-        if name == "W_enc":
-            t = t * scale
-        elif name in ("W_dec", "b_dec"):
-            t = t / scale
+        t = folded(name, getattr(sae, name).detach().float().cpu(), scale)
         h.update(name.encode())
         h.update(t.contiguous().numpy().round(5).tobytes())
     return h.hexdigest()[:16]
@@ -94,7 +91,7 @@ class ConceptSet:
 
     def __getitem__(self, name: str) -> Concept:
         if name not in self.concepts:
-            raise KeyError(f"unknown concept {name!r}; this set has {sorted(self.concepts)}")
+            raise UnknownNameError(f"unknown concept {name!r}; this set has {sorted(self.concepts)}")
         return self.concepts[name]
 
     def names(self) -> list[str]:
@@ -138,17 +135,17 @@ class ConceptSet:
         try:
             raw = json.loads(path.read_text())
         except FileNotFoundError:
-            raise FileNotFoundError(f"no concept set at {path}") from None
+            raise InputNotFoundError(f"no concept set at {path}") from None
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+            raise UsageError(f"{path} is not valid JSON: {exc}") from exc
         if raw.get("version", 0) > CONCEPTSET_VERSION:
-            raise ValueError(f"{path} has concept-set version {raw['version']}; this visionsae reads up to {CONCEPTSET_VERSION}")
+            raise UsageError(f"{path} has concept-set version {raw['version']}; this visionsae reads up to {CONCEPTSET_VERSION}")
         try:
             concepts = {name: Concept(**c) for name, c in raw["concepts"].items()}
             return cls(raw["hook"], raw["sae_fingerprint"], int(raw["n_latents"]), concepts, raw.get("score", "itd"),
                        bool(raw.get("skip_first", True)))
         except (KeyError, TypeError) as exc:
-            raise ValueError(f"{path} is not a concept set: {exc}") from exc
+            raise UsageError(f"{path} is not a concept set: {exc}") from exc
 
 
 def starts_with_special(tokenizer: Any) -> bool:

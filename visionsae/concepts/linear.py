@@ -26,6 +26,7 @@ from typing import Mapping, Sequence
 import torch
 
 from ..sae import SparseAutoencoder
+from ..errors import UsageError
 
 
 def pooled_codes(sae: SparseAutoencoder, source, prompts: Sequence[str], batch_size: int = 32,
@@ -86,11 +87,11 @@ def fit_linear(positive: torch.Tensor, negative: torch.Tensor | Sequence[torch.T
     groups = [negative] if isinstance(negative, torch.Tensor) else [g for g in negative if g.shape[0] > 0]
     negative = torch.cat([g.coalesce() if g.is_sparse else g.to_sparse() for g in groups]) if groups else torch.zeros(0, 0)
     if positive.shape[0] == 0 or negative.shape[0] == 0:
-        raise ValueError("fitting a concept needs positive and negative prompts")
+        raise UsageError("fitting a concept needs positive and negative prompts")
     support = (positive.to_dense() > 0).sum(0) if positive.is_sparse else (positive > 0).sum(0)
     candidates = (support >= min(min_support, positive.shape[0])).nonzero().squeeze(-1)
     if candidates.numel() == 0:
-        raise ValueError("no SAE latent fires on the concept's prompts")
+        raise UsageError("no SAE latent fires on the concept's prompts")
 
     def sparse(x):
         x = x.index_select(1, candidates).float()
@@ -123,9 +124,9 @@ def calibrate_fpr(positive: torch.Tensor, negatives: Mapping[str, torch.Tensor],
     at most ``max_fpr`` (flag ``score >= threshold``), with the recall on ``positive`` and each
     group's false-positive rate it gives."""
     if positive.numel() == 0:
-        raise ValueError("calibration needs at least one held-out concept prompt")
+        raise UsageError("calibration needs at least one held-out concept prompt")
     if not 0 <= max_fpr < 1:
-        raise ValueError(f"max_fpr must be in [0, 1), got {max_fpr}")
+        raise UsageError(f"max_fpr must be in [0, 1), got {max_fpr}")
     threshold = -math.inf
     for scores in negatives.values():
         if scores.numel() == 0:

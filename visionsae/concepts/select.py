@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..sae import SparseAutoencoder, SparseCode
+from ..errors import UsageError
 
 METHODS = ("itd", "mean_diff")
 
@@ -30,7 +31,7 @@ def prompt_activations(source, prompts: Sequence[str], batch_size: int = 32, pro
     """Hooked activations ``[B, T, d]`` of ``prompts``, ``batch_size`` prompts at a time,
     tokenised exactly as the source's pipeline does (padded to its max length)."""
     if not prompts:
-        raise ValueError("no prompts given")
+        raise UsageError("no prompts given")
     for start in tqdm(range(0, len(prompts), batch_size), desc="encode prompts", disable=not progress, unit="batch"):
         chunk = list(prompts[start : start + batch_size])
         batch = source.encode(chunk, 0)
@@ -101,7 +102,7 @@ def select_features(
     must pass against every one of them.
     """
     if method not in METHODS:
-        raise ValueError(f"unknown selection method {method!r}; expected one of {METHODS}")
+        raise UsageError(f"unknown selection method {method!r}; expected one of {METHODS}")
     keeps = [] if keep is None else [keep] if isinstance(keep, PromptStats) else list(keep)
     if method == "itd":
         score = concept.frequency.clone()

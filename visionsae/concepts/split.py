@@ -15,6 +15,7 @@ import random
 import re
 from collections import Counter
 from typing import Sequence
+from ..errors import UsageError
 
 _WORD = re.compile(r"[^\W_]+(?:['-][^\W_]+)*")
 
@@ -85,7 +86,7 @@ def split_by_skeleton(prompts: Sequence[str], fractions: Sequence[float], seed: 
     Raises ``ValueError`` when a part would be empty."""
     prompts = list(dict.fromkeys(prompts))
     if len(prompts) < len(fractions):
-        raise ValueError(f"{name}: need at least {len(fractions)} distinct prompts to split, got {len(prompts)}")
+        raise UsageError(f"{name}: need at least {len(fractions)} distinct prompts to split, got {len(prompts)}")
     frequent = frequent_words(prompts, 0.25) if frame is None else frame
     groups = _template_groups(prompts, frequent)
     rng = random.Random(f"{seed}-{name}")

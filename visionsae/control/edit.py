@@ -56,9 +56,9 @@ class EditSpec:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"unknown edit mode {self.mode!r}; expected one of {MODES}")
+            raise UsageError(f"unknown edit mode {self.mode!r}; expected one of {MODES}")
         if self.tokens not in TOKEN_POLICIES:
-            raise ValueError(f"unknown token policy {self.tokens!r}; expected one of {TOKEN_POLICIES}")
+            raise UsageError(f"unknown token policy {self.tokens!r}; expected one of {TOKEN_POLICIES}")
         if len(self.features) == 0:
             raise UsageError("an edit needs at least one feature id")
         if not math.isfinite(self.value):
@@ -93,7 +93,7 @@ class FeatureEdit:
         n = sae.n_latents
         bad = [f for f in spec.features if not 0 <= int(f) < n]
         if bad:
-            raise ValueError(f"feature ids {bad[:5]} are out of range for an SAE of {n} latents")
+            raise UsageError(f"feature ids {bad[:5]} are out of range for an SAE of {n} latents")
         self.module = resolve_module(model, hook)
         self.hook = hook
         self.sae = sae
@@ -152,7 +152,7 @@ class FeatureEdit:
         elif decision.shape == (h3.shape[0], n_feat):
             feature_mask = decision
         else:
-            raise ValueError(f"the gate returned shape {tuple(decision.shape)}; expected [{h3.shape[0]}] or [{h3.shape[0]}, {n_feat}]")
+            raise UsageError(f"the gate returned shape {tuple(decision.shape)}; expected [{h3.shape[0]}] or [{h3.shape[0]}, {n_feat}]")
         flagged = feature_mask.any(-1)
         self.record.flagged = flagged
         self.record.edited_tokens = torch.zeros(h3.shape[:2], dtype=torch.bool, device=h.device)
@@ -184,9 +184,9 @@ class FeatureEdit:
             tokens = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)
         else:
             if self.token_mask is None:
-                raise ValueError("tokens='mask' needs edit.token_mask set to a [batch, tokens] bool tensor")
+                raise UsageError("tokens='mask' needs edit.token_mask set to a [batch, tokens] bool tensor")
             if tuple(self.token_mask.shape) != (self.record.flagged.shape[0], h.shape[1]):
-                raise ValueError(
+                raise UsageError(
                     f"token_mask has shape {tuple(self.token_mask.shape)}; expected "
                     f"[{self.record.flagged.shape[0]}, {h.shape[1]}] (batch, tokens)"
                 )
@@ -195,7 +195,7 @@ class FeatureEdit:
         scale = sae.input_scale.to(W.dtype)
         if spec.mode == "add":
             if not bool(feature_mask.all()):
-                raise ValueError("mode 'add' steers all of its features; the gate must flag whole inputs")
+                raise UsageError("mode 'add' steers all of its features; the gate must flag whole inputs")
             direction = W.sum(0)
             direction = direction / direction.norm().clamp_min(1e-12)
             # strength in units of each input's mean token norm, so tiers mean the same on

@@ -33,6 +33,7 @@ from ..concepts.normalize import NameMatcher, Normalizer, fold_characters
 from ..sae import SparseAutoencoder
 from ..sources.base import output_tensor
 from .edit import EditSpec, FeatureEdit
+from ..errors import UsageError
 
 
 class _Stop(Exception):
@@ -66,7 +67,7 @@ class ItDEraser:
     ) -> None:
         hook = hook or concepts.hook or sae.cfg.hook
         if not hook:
-            raise ValueError("no hook point: pass hook=..., or use an SAE / concept set that records one")
+            raise UsageError("no hook point: pass hook=..., or use an SAE / concept set that records one")
         self.classifier = ConceptClassifier(sae, concepts, names)
         spec = EditSpec(self.classifier.feature_ids.tolist(), mode=mode, value=value, tokens="active", keep_error=keep_error)
         self.edit = FeatureEdit(text_encoder, hook, sae, spec, gate=self._gate)
@@ -138,7 +139,7 @@ class ItDEraser:
         tokenised with the encoder's tokenizer, padded to its ``model_max_length``, and encoded
         with the eraser attached. Returns one decision dict per prompt (as :meth:`pop_decisions`)."""
         if self.tokenizer is None:
-            raise ValueError("flag() needs the encoder's tokenizer: pass tokenizer= to ItDEraser")
+            raise UsageError("flag() needs the encoder's tokenizer: pass tokenizer= to ItDEraser")
         attached = self._pre_handle is not None or self.edit._handle is not None
         pending = self.pop_decisions()  # a caller's decisions not yet popped stay theirs
         out: list[dict] = []

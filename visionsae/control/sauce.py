@@ -22,7 +22,7 @@ negative factor or clamped — with the SAE's reconstruction error kept. It is o
 How many of a concept's features to suppress and how hard is a per-concept choice
 (:func:`calibrate_unlearning`): on calibration images, the mildest setting that stops the
 answers naming the concept while leaving other images' answers as they were. On the zoo one
-setting does not fit every class (measured in ``visionsae.zoo.vqa_sae``).
+setting does not fit every class (measured in ``visionsae.zoo.training.vqa_sae``).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from ..concepts import Concept, ConceptSet, PromptStats, feature_union, sae_fing
 from ..sae import SparseAutoencoder
 from ..sources.base import resolve_hook
 from .edit import EditSpec, FeatureEdit
+from ..errors import UsageError
 
 SELECT_METHODS = ("mean_diff", "ratio")
 TOKEN_SCOPES = ("image", "all")
@@ -49,7 +50,7 @@ def image_token_id(model: nn.Module) -> int:
         value = getattr(cfg, name, None)
         if value is not None:
             return int(value)
-    raise ValueError(f"{type(model).__name__}'s config has no image_token_id / image_token_index; "
+    raise UsageError(f"{type(model).__name__}'s config has no image_token_id / image_token_index; "
                      "the image-token policy needs one (or use tokens='all')")
 
 
@@ -64,7 +65,7 @@ def layer_hook(model: nn.Module, hook: str | None = None, layer: int | None = No
     from ..sources.vlm import decoder_layers_path
 
     if hook is None and layer is None:
-        raise ValueError("no hook point: pass hook= or layer=, or use an SAE / concept set that records one")
+        raise UsageError("no hook point: pass hook= or layer=, or use an SAE / concept set that records one")
     if hook is not None:
         try:
             return resolve_hook(model, hook)
@@ -76,7 +77,7 @@ def layer_hook(model: nn.Module, hook: str | None = None, layer: int | None = No
     path = decoder_layers_path(model)
     n = len(model.get_submodule(path))
     if not -n <= layer < n:
-        raise ValueError(f"layer {layer} is out of range: {type(model).__name__}'s language model has {n} layers")
+        raise UsageError(f"layer {layer} is out of range: {type(model).__name__}'s language model has {n} layers")
     return f"{path}.{layer % n}"
 
 
@@ -91,9 +92,9 @@ def conversation_maxes(model: nn.Module, processor: Any, sae: SparseAutoencoder,
     from ..sources import VLMSource
 
     if tokens not in TOKEN_SCOPES:
-        raise ValueError(f"unknown token scope {tokens!r}; expected one of {TOKEN_SCOPES}")
+        raise UsageError(f"unknown token scope {tokens!r}; expected one of {TOKEN_SCOPES}")
     if len(images) != len(questions):
-        raise ValueError(f"got {len(images)} images but {len(questions)} questions; pass one question per image")
+        raise UsageError(f"got {len(images)} images but {len(questions)} questions; pass one question per image")
     src = VLMSource(model, processor, hook=hook, keep_kinds=["image"] if tokens == "image" else ["image", "text"])
     n = sae.n_latents
     records = [{"image": im, "question": q} for im, q in zip(images, questions)]
@@ -127,12 +128,12 @@ def score_features(concept: torch.Tensor, others: torch.Tensor | Sequence[torch.
     so a feature the concept shares with one other concept (a shoe feature, for sneakers
     and boots) scores low however rare it is in the rest."""
     if method not in SELECT_METHODS:
-        raise ValueError(f"unknown selection method {method!r}; expected one of {SELECT_METHODS}")
+        raise UsageError(f"unknown selection method {method!r}; expected one of {SELECT_METHODS}")
     groups = [others] if isinstance(others, torch.Tensor) else list(others)
     if concept.shape[0] == 0 or not groups or any(g.shape[0] == 0 for g in groups):
-        raise ValueError("selection needs at least one concept conversation and one conversation in every other group")
+        raise UsageError("selection needs at least one concept conversation and one conversation in every other group")
     if top_n is not None and top_n < 1:
-        raise ValueError(f"top_n must be >= 1 or None, got {top_n}")
+        raise UsageError(f"top_n must be >= 1 or None, got {top_n}")
     if method == "mean_diff":
         # the shared mean-difference rule of visionsae.concepts (percentile 0 = every positive score)
         return select_features(stats_of(concept), [stats_of(g) for g in groups], method="mean_diff",
@@ -167,13 +168,13 @@ def select_concepts(model: nn.Module, processor: Any, sae: SparseAutoencoder, ex
     :func:`score_features`).
     """
     if against not in ("pooled", "each"):
-        raise ValueError(f"against must be 'pooled' or 'each', got {against!r}")
+        raise UsageError(f"against must be 'pooled' or 'each', got {against!r}")
     if ask not in ("one", "all"):
-        raise ValueError(f"ask must be 'one' or 'all', got {ask!r}")
+        raise UsageError(f"ask must be 'one' or 'all', got {ask!r}")
     if not examples:
-        raise ValueError("no concepts given: examples maps a concept name to its images")
+        raise UsageError("no concepts given: examples maps a concept name to its images")
     if not questions:
-        raise ValueError("no questions given: every example image is asked one of them")
+        raise UsageError("no questions given: every example image is asked one of them")
     hook = layer_hook(model, hook or sae.cfg.hook)
     rng = torch.Generator().manual_seed(seed)
 
@@ -194,10 +195,10 @@ def select_concepts(model: nn.Module, processor: Any, sae: SparseAutoencoder, ex
         if against == "pooled" and len(rest) > 1:
             rest = [torch.cat(rest)]
         if not rest:
-            raise ValueError(f"concept {name!r} has nothing to be compared with: pass others= or a second concept")
+            raise UsageError(f"concept {name!r} has nothing to be compared with: pass others= or a second concept")
         ids, scores = score_features(mx, rest, method, top_n, percentile)
         if not ids:
-            raise ValueError(f"no SAE latent is more active on {name!r}'s images than on the others'")
+            raise UsageError(f"no SAE latent is more active on {name!r}'s images than on the others'")
         concepts[name] = Concept(name, ids, scores, selection={
             "method": f"sauce_{method}", "tokens": tokens, "top_n": top_n,
             "percentile": None if top_n is not None else percentile, "questions": len(questions), "ask": ask,
@@ -224,13 +225,13 @@ class SAUCEUnlearner:
                  hook: str | None = None, tokens: str = "image", mode: str | None = "zero", value: float = 0.0,
                  keep_error: bool = True) -> None:
         if tokens not in TOKEN_SCOPES:
-            raise ValueError(f"unknown token scope {tokens!r}; expected one of {TOKEN_SCOPES}")
+            raise UsageError(f"unknown token scope {tokens!r}; expected one of {TOKEN_SCOPES}")
         if mode not in ("zero", "scale", "clamp", None):
-            raise ValueError(f"SAUCE suppresses with mode 'zero', 'scale' or 'clamp' (or None: calibrated), not {mode!r}")
+            raise UsageError(f"SAUCE suppresses with mode 'zero', 'scale' or 'clamp' (or None: calibrated), not {mode!r}")
         concepts.check_sae(sae)
         self.names = list(names) if names is not None else concepts.names()
         if not self.names:
-            raise ValueError("no concepts to unlearn")
+            raise UsageError("no concepts to unlearn")
         self.model = model
         self.tokens = tokens
         self.image_token_id = image_token_id(model) if tokens == "image" else None
@@ -266,7 +267,7 @@ class SAUCEUnlearner:
         if self.tokens == "image":
             ids = kwargs.get("input_ids", args[0] if args else None)
             if ids is None:
-                raise ValueError("SAUCE on image tokens needs input_ids (it finds the image positions there), "
+                raise UsageError("SAUCE on image tokens needs input_ids (it finds the image positions there), "
                                  "not inputs_embeds; pass input_ids or unlearn with tokens='all'")
             mask = ids == self.image_token_id  # [B, T]; no image token after the prompt
         for edit in self.edits:
@@ -322,7 +323,7 @@ def calibrate_unlearning(model: nn.Module, sae: SparseAutoencoder, concepts: Con
     in ``calibration``); the measurements are returned. Use images the evaluation does not.
     """
     if len(concept_images) != len(concept_questions) or len(other_images) != len(other_questions):
-        raise ValueError("pass one question per calibration image")
+        raise UsageError("pass one question per calibration image")
     concept = concepts[name]
     words = [w.lower() for w in (words or [name])]
     stock_other = ask(other_images, other_questions)
@@ -339,7 +340,7 @@ def calibrate_unlearning(model: nn.Module, sae: SparseAutoencoder, concepts: Con
         trials.append({"features": n, "value": v, "named": named, "others_changed": changed,
                        "passes": named <= max_named and changed <= max_changed})
     if not trials:
-        raise ValueError(f"concept {name!r} has {len(all_features)} features, fewer than every count in {tuple(feature_counts)}")
+        raise UsageError(f"concept {name!r} has {len(all_features)} features, fewer than every count in {tuple(feature_counts)}")
     passing = [t for t in trials if t["passes"]]
     best = min(passing, key=lambda t: (t["others_changed"], t["features"], abs(t["value"]))) if passing else \
         min(trials, key=lambda t: (t["named"], t["others_changed"], t["features"], abs(t["value"])))

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..sae import SparseAutoencoder
 from .edit import EditSpec, FeatureEdit
+from ..errors import UsageError
 
 # strength in units of the mean token norm of the hooked activations
 TIERS: dict[str, float] = {"gentle": 0.1, "medium": 0.3, "strong": 1.0}
@@ -22,7 +23,7 @@ TIERS: dict[str, float] = {"gentle": 0.1, "medium": 0.3, "strong": 1.0}
 def strength_of(strength: str | float) -> float:
     if isinstance(strength, str):
         if strength not in TIERS:
-            raise ValueError(f"unknown steering tier {strength!r}; expected one of {sorted(TIERS)} or a number")
+            raise UsageError(f"unknown steering tier {strength!r}; expected one of {sorted(TIERS)} or a number")
         return TIERS[strength]
     return float(strength)
 

@@ -28,7 +28,6 @@ concepts are an RA-SAE trained on the real images' tokens.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -37,6 +36,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from ..errors import UsageError
 
 HOOK = "_blocks.15"
 RESOLUTION = 128
@@ -45,7 +45,7 @@ RESOLUTION = 128
 def efficientnet_source(resolution: int = RESOLUTION):
     """The real EfficientNet-Lite0 at :data:`HOOK`, images at ``resolution`` px: the source
     ``visionsae audit --model efficientnet-lite0`` builds with its defaults."""
-    from ..audit.command import build_source
+    from ..audit.inputs import build_source
 
     return build_source("efficientnet-lite0", HOOK, None, "cpu", resolution)
 
@@ -85,15 +85,15 @@ def planted_sets(out_dir: Path, per_class: int, *, suppress: str = "sneaker", ex
     from ..zoo import CLASS_NAMES, load_fashion_pipeline, zoo_dir
     from ..zoo.captions import sample_prompts
     from ..zoo.data import load_fashion_mnist
-    from ..zoo.text_sae import ERASE_MODE, ERASE_VALUE, SAE_DIR
+    from ..zoo.settings import ERASE_MODE, ERASE_VALUE, TEXT_SAE_DIR as SAE_DIR
 
     for name in (suppress, exaggerate, copy_class):
         if name not in CLASS_NAMES:
-            raise ValueError(f"unknown class {name!r}; the zoo's classes are {list(CLASS_NAMES)}")
+            raise UsageError(f"unknown class {name!r}; the zoo's classes are {list(CLASS_NAMES)}")
     if suppress == exaggerate:
-        raise ValueError("the suppressed and the exaggerated class must differ")
+        raise UsageError("the suppressed and the exaggerated class must differ")
     if factor < 2:
-        raise ValueError(f"factor must be >= 2 (the exaggerated class is drawn factor times per caption), got {factor}")
+        raise UsageError(f"factor must be >= 2 (the exaggerated class is drawn factor times per caption), got {factor}")
     images, labels = load_fashion_mnist("test")
     gen = torch.Generator().manual_seed(seed)
     real_items, captions, keys, groups = [], [], [], []
@@ -306,7 +306,7 @@ def _pool(out_dir: Path, per_class: int, seed: int, factor: int, itd: bool, batc
     if itd:
         from visionsae.pipelines.itd import ItDStableDiffusionPipeline
 
-        from ..zoo.text_sae import ERASE_MODE, ERASE_VALUE, SAE_DIR
+        from ..zoo.settings import ERASE_MODE, ERASE_VALUE, TEXT_SAE_DIR as SAE_DIR
 
         for name in CLASS_NAMES:  # each class's captions answered by the pipeline erasing that class
             erased = ItDStableDiffusionPipeline.wrap(stock, zoo_dir() / SAE_DIR, zoo_dir() / SAE_DIR / "concepts.json",
@@ -408,7 +408,7 @@ def rotation(out_dir: str | Path = "runs/eval-audit-rotation", per_class: int = 
     to ``eval-audit-rotation.json``) per plant the rank of the planted class's first concept,
     and per kind of plant and seed the median and worst rank."""
     from ..audit import AuditConfig, run_audit
-    from ..audit.command import _set_name, read_jsonl
+    from ..audit.inputs import _set_name, read_jsonl
 
     out = Path(out_dir)
     cfg = cfg or AuditConfig(progress=progress)
@@ -480,53 +480,3 @@ def rotation(out_dir: str | Path = "runs/eval-audit-rotation", per_class: int = 
     report["pooled"] = pooled_ranks(report["seeds"])
     (out / "eval-audit-rotation.json").write_text(json.dumps(report, indent=2))
     return report
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out-dir", default=None,
-                        help="images, stores, SAE and the JSON (default: runs/eval-audit-rotation; with --single "
-                             "runs/eval-audit)")
-    parser.add_argument("--per-class", type=int, default=None,
-                        help="real images (and captions) per class (default: 20 for the rotation, 50 with --single)")
-    parser.add_argument("--seeds", default="0,1,2", help="seeds of the rotation, comma-separated (default: 0,1,2; "
-                                                         "seed 0 chose the ranking and the defaults, the others test them)")
-    parser.add_argument("--no-itd", action="store_true", help="rotate omission and exaggeration only (no ItD-erased plants)")
-    parser.add_argument("--copy-classes", default="bag,sneaker,dress",
-                        help="classes whose first caption is answered by a copy of its real image (default: bag,sneaker,dress)")
-    parser.add_argument("--single", action="store_true",
-                        help="the single plant of earlier versions instead of the rotation (sneaker ItD-erased, "
-                             "trouser exaggerated, a bag copy) with the SAE's stability and a second generator")
-    parser.add_argument("--seed", type=int, default=0, help="seed of --single")
-    parser.add_argument("--no-stability", action="store_true", help="--single: skip training a second RA-SAE for the stability figure")
-    parser.add_argument("--no-second-generator", action="store_true", help="--single: skip the unplanted second run of the generator")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
-
-
-def run(args: argparse.Namespace) -> int:
-    from ..errors import UsageError
-
-    torch.set_num_threads(args.threads)
-    if args.single:
-        res = evaluate(args.out_dir or "runs/eval-audit", args.per_class or 50, seed=args.seed,
-                       stability=not args.no_stability, second_generator=not args.no_second_generator)
-        print(json.dumps(res, indent=2))
-        return 0
-    from ..zoo import CLASS_NAMES
-
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        raise UsageError(f"--seeds: expected comma-separated integers such as 0,1,2, got {args.seeds!r}") from None
-    copies = [c.strip() for c in args.copy_classes.split(",") if c.strip()]
-    bad = [c for c in copies if c not in CLASS_NAMES]
-    if bad or not seeds:
-        raise UsageError(f"--copy-classes: unknown classes {bad}; the zoo's classes are {list(CLASS_NAMES)}" if bad
-                         else "--seeds: give at least one seed")
-    per_class = args.per_class or 20
-    if per_class < 2:
-        raise UsageError(f"--per-class: expected at least 2 images per class, got {per_class}")
-    res = rotation(args.out_dir or "runs/eval-audit-rotation", per_class, seeds, itd=not args.no_itd, copy_classes=copies)
-    print(json.dumps({"pooled": res["pooled"],
-                      "seeds": {s: {"summary": v["summary"], "copies": v["copies"], "seconds": v["seconds"]}
-                                for s, v in res["seeds"].items()}}, indent=2))
-    return 0

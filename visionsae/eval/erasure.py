@@ -21,7 +21,6 @@ The JSON says which family each figure is from.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -30,9 +29,9 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from ..zoo.t2i import draw as _generate, nchw  # noqa: F401 (the drawing helpers the evaluations share)
+from ..errors import UsageError
 
 DEFAULT_SETS = ("sneaker", "sneaker,bag,trouser")
 
@@ -179,10 +178,10 @@ def evaluate(erase_sets: Sequence[Sequence[str]] = tuple(s.split(",") for s in D
     from ..sae.io import atomic_write_bytes
     from ..zoo import CLASS_NAMES, load_fashion_judge, load_fashion_pipeline, zoo_dir
     from ..zoo.prompt_families import FAMILIES, KINDS
-    from ..zoo.text_sae import ERASE_MODE, ERASE_VALUE, SAE_DIR
+    from ..zoo.settings import ERASE_MODE, ERASE_VALUE, TEXT_SAE_DIR as SAE_DIR
 
     if family not in FAMILIES:
-        raise ValueError(f"unknown prompt family {family!r}; expected one of {FAMILIES}")
+        raise UsageError(f"unknown prompt family {family!r}; expected one of {FAMILIES}")
     mode = ERASE_MODE if mode is None else mode
     value = ERASE_VALUE if value is None else value
     out_dir = Path(out_dir)
@@ -274,38 +273,3 @@ def evaluate(erase_sets: Sequence[Sequence[str]] = tuple(s.split(",") for s in D
         report["sae_step_memory"] = sae_memory_probe()
     atomic_write_bytes(out_dir / "erasure.json", json.dumps(report, indent=2).encode())
     return report
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--erase", action="append", default=None,
-                        help="comma-separated classes to erase together; repeat for several runs (default: sneaker, then sneaker,bag,trouser)")
-    parser.add_argument("--family", choices=["evaluate", "calibrate"], default="evaluate",
-                        help="prompt family to measure on (default: evaluate, which chose nothing; calibrate is where the "
-                             "zoo's strength was chosen)")
-    parser.add_argument("--per-kind", type=int, default=None,
-                        help="at most this many prompts per class and kind (default: all; a seeded sample)")
-    parser.add_argument("--out", default="runs/eval-erasure", help="folder for erasure.json and the PNG grids")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-memory-probe", action="store_true", help="skip the 2^19-latent memory measurement")
-    parser.add_argument("--batch", type=int, default=16, help="prompts per pipeline call (default: 16)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1, as the zoo is measured)")
-    from ..zoo.text_sae import add_erase_arguments
-
-    add_erase_arguments(parser)
-
-
-def run(args: argparse.Namespace) -> int:
-    from ..errors import UsageError
-    from ..zoo import CLASS_NAMES
-
-    torch.set_num_threads(args.threads)
-    sets = [s.split(",") for s in (args.erase or DEFAULT_SETS)]
-    unknown = sorted({n for s in sets for n in s} - set(CLASS_NAMES))
-    if unknown:
-        raise UsageError(f"--erase: unknown classes {unknown}; the zoo's classes are {list(CLASS_NAMES)}")
-    if args.per_kind is not None and args.per_kind < 1:
-        raise UsageError(f"--per-kind must be at least 1, got {args.per_kind}")
-    report = evaluate(sets, args.family, args.per_kind, args.out, args.seed, not args.no_memory_probe, args.mode, args.value,
-                      args.batch)
-    print(json.dumps({k: v for k, v in report.items() if k != "calibration"}, indent=2))
-    return 0

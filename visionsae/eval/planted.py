@@ -9,8 +9,6 @@ decoder cosine > 0.9).
 
 from __future__ import annotations
 
-import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +18,9 @@ import torch
 
 from ..planted import PlantedConfig, PlantedData, recovery
 from ..sae import SAEConfig, SparseAutoencoder
+from ..sae.metrics import FVU
 from ..train import TrainConfig, train_sae
+from ..errors import UsageError
 
 # Settings per rule on a planted set. The TopK family gets k = 2x the set's mean count of
 # active features (added by `variant_settings`); JumpReLU's thresholds start near the
@@ -57,7 +57,7 @@ def variant_settings(name: str, planted: PlantedConfig, n_latents: int) -> dict[
     elif name in RULES:
         settings = {"sparsity": name, **RULE_SETTINGS.get(name, {})}
     else:
-        raise ValueError(f"unknown variant {name!r}; expected one of {sorted(set(RULES) | set(VARIANTS))}")
+        raise UsageError(f"unknown variant {name!r}; expected one of {sorted(set(RULES) | set(VARIANTS))}")
     if RULES[settings["sparsity"]].uses_k:
         settings.setdefault("k", max(1, round(2 * planted.mean_active)))
     if name == "matryoshka":
@@ -73,21 +73,20 @@ def variant_settings(name: str, planted: PlantedConfig, n_latents: int) -> dict[
 def score(sae: SparseAutoencoder, data: PlantedData, n_batches: int = 4, batch_size: int = 1024) -> dict[str, float]:
     """FVU, L0 and dead fraction on held-out batches, and recovery of the true directions."""
     sae.eval()
-    fvu_num = fvu_den = 0.0
+    fvu = FVU()
     l0 = 0.0
     fired = torch.zeros(sae.n_latents, dtype=torch.bool)
     for i in range(n_batches):
         x = data.batch(10_000_000 + i, batch_size)  # indices never used for training
         code = sae.encode(x)
         x_hat = sae.decode(code)
-        fvu_num += float((x - x_hat).pow(2).sum())
-        fvu_den += float((x - x.mean(0)).pow(2).sum())
+        fvu.update(x, x_hat)
         l0 += float(code.l0().float().mean())
         fired[code.indices[code.values != 0]] = True
     rec = recovery(sae.W_dec, data.directions)
     signed = data.cfg.signed
     return {
-        "fvu": fvu_num / fvu_den,
+        "fvu": fvu.value,
         "l0": l0 / n_batches,
         "dead_fraction": float((~fired).float().mean()),
         "recovered": rec["recovered_abs"] if signed else rec["recovered"],
@@ -146,43 +145,3 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
 
 
 ALL = "topk,batchtopk,abstopk,jumprelu,relu,topafa,featurechoice,mutualchoice,matryoshka,gba,variational"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--rules", default="topk,batchtopk,abstopk,jumprelu,relu",
-                        help=f"comma-separated sparsity rules or variants, or 'all' ({ALL}) (default: the core rules)")
-    parser.add_argument("--samples", type=int, default=300_000, help="training samples per SAE (default: 300000)")
-    parser.add_argument("--n-latents", type=int, default=2048, help="dictionary size (default: 2048)")
-    parser.add_argument("--d-in", type=int, default=PlantedConfig.d_in, help=f"width of the planted data (default: {PlantedConfig.d_in})")
-    parser.add_argument("--n-true", type=int, default=PlantedConfig.n_true, help=f"true directions (default: {PlantedConfig.n_true})")
-    parser.add_argument("--mean-active", type=float, default=PlantedConfig.mean_active,
-                        help=f"mean active true features per sample (default: {PlantedConfig.mean_active})")
-    parser.add_argument("--batch-size", type=int, default=1024, help="rows per training step (default: 1024)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data and the SAEs (default: 0)")
-    parser.add_argument("--markdown", action="store_true", help="also print the results as a Markdown table (the README's)")
-    parser.add_argument("--out", default=None, help="write the JSON here as well as to stdout")
-
-
-def run(args: argparse.Namespace) -> int:
-    from ..sae import RULES
-
-    rules = [r.strip() for r in (ALL if args.rules == "all" else args.rules).split(",") if r.strip()]
-    unknown = [r for r in rules if r not in RULES and r not in VARIANTS]
-    if unknown:
-        raise ValueError(f"unknown sparsity rules or variants {unknown}; expected some of {sorted(set(RULES) | set(VARIANTS))}")
-    results = []
-    for rule in rules:
-        planted = PlantedConfig(d_in=args.d_in, n_true=args.n_true, mean_active=args.mean_active,
-                                signed=(rule == "abstopk"), seed=args.seed)
-        res = evaluate_rule(rule, total_samples=args.samples, n_latents=args.n_latents, planted=planted, seed=args.seed,
-                            progress=True, batch_size=args.batch_size)
-        print(json.dumps(res), flush=True)
-        results.append(res)
-    planted = PlantedConfig(d_in=args.d_in, n_true=args.n_true, mean_active=args.mean_active, seed=args.seed)
-    report = {"planted": planted.to_dict(), "results": results}
-    if args.markdown:
-        print(markdown_table(results))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2))
-    return 0

@@ -13,10 +13,7 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
@@ -24,6 +21,8 @@ import torch.nn.functional as F
 
 from ..sae import SparseAutoencoder
 from ..sae.losses import decoded_norm
+from ..sae.metrics import FVU
+from ..errors import UsageError
 
 # ImageNet-1k class ids of the concepts of :func:`concept_agreement` (open_clip's class order).
 CONCEPT_CLASSES: dict[str, tuple[int, ...]] = {
@@ -52,8 +51,7 @@ def reconstruction_metrics(
     sae.eval()
     n = sae.n_latents
     rows = 0
-    sq_err = 0.0
-    sum_x = sum_sq = None
+    fvu = FVU()
     l0_sum = l0_sq = 0.0
     fires = torch.zeros(n, dtype=torch.int64)
     ratios, code_norms, input_norms = [], [], []
@@ -65,10 +63,7 @@ def reconstruction_metrics(
         x = x.float()
         code = sae.encode(x)
         x_hat = sae.decode(code).float()
-        x64 = x.double()
-        sum_x = x64.sum(0) if sum_x is None else sum_x + x64.sum(0)
-        sum_sq = float(x64.pow(2).sum()) + (sum_sq or 0.0)
-        sq_err += float((x64 - x_hat.double()).pow(2).sum())
+        fvu.update(x, x_hat)
         l0 = code.l0().double()
         l0_sum += float(l0.sum())
         l0_sq += float(l0.pow(2).sum())
@@ -81,14 +76,13 @@ def reconstruction_metrics(
         ratios.append((got / target.clamp_min(1e-12)).cpu())
         rows += x.shape[0]
     if rows == 0:
-        raise ValueError("no activation rows to evaluate the SAE on")
-    total_var = sum_sq - float(sum_x.pow(2).sum()) / rows
+        raise UsageError("no activation rows to evaluate the SAE on")
     ratio = torch.cat(ratios)
     code_norm, input_norm = torch.cat(code_norms), torch.cat(input_norms)
     freq = fires.double() / rows
     return {
         "rows": rows,
-        "fvu": sq_err / max(total_var, 1e-30),
+        "fvu": fvu.value,
         "l0": l0_sum / rows,
         "l0_std": math.sqrt(max(l0_sq / rows - (l0_sum / rows) ** 2, 0.0)),
         "dead_fraction": float((fires == 0).double().mean()),
@@ -139,7 +133,7 @@ def dark_matter(sae: SparseAutoencoder, x: torch.Tensor, *, ridge: float = 1e-3,
     sae.eval()
     x = x.reshape(-1, sae.d_in).float()
     if x.shape[0] < min_dark_matter_rows(sae.d_in):
-        raise ValueError(
+        raise UsageError(
             f"dark matter needs at least {min_dark_matter_rows(sae.d_in)} rows for a {sae.d_in}-wide input "
             f"(got {x.shape[0]}): the linear fit has d_in + 1 weights per output and is scored on held-out rows"
         )
@@ -176,12 +170,12 @@ def stability(saes: Sequence[SparseAutoencoder], threshold: float = 0.9) -> dict
     matched one-to-one (Hungarian, on cosine) and the mean matched cosine and the share of
     matched pairs above ``threshold`` are reported, then averaged over pairs."""
     if len(saes) < 2:
-        raise ValueError(f"stability needs at least two SAEs, got {len(saes)}")
+        raise UsageError(f"stability needs at least two SAEs, got {len(saes)}")
     pairs = []
     for i in range(len(saes)):
         for j in range(i + 1, len(saes)):
             if saes[i].d_in != saes[j].d_in:
-                raise ValueError(f"SAEs {i} and {j} read different widths ({saes[i].d_in} and {saes[j].d_in})")
+                raise UsageError(f"SAEs {i} and {j} read different widths ({saes[i].d_in} and {saes[j].d_in})")
             cos = _matched_cosines(saes[i].W_dec, saes[j].W_dec)
             pairs.append({"pair": [i, j], "mean_cosine": float(cos.mean()), "share_above": float((cos > threshold).float().mean())})
     return {
@@ -270,7 +264,7 @@ def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     """Area under the ROC curve of ``scores`` for boolean ``labels`` (ties count half)."""
     pos, neg = scores[labels].double(), scores[~labels].double()
     if len(pos) == 0 or len(neg) == 0:
-        raise ValueError("AUROC needs positive and negative examples")
+        raise UsageError("AUROC needs positive and negative examples")
     greater = (pos[:, None] > neg[None, :]).double().sum() + 0.5 * (pos[:, None] == neg[None, :]).double().sum()
     return float(greater / (len(pos) * len(neg)))
 
@@ -344,99 +338,3 @@ def random_like(sae: SparseAutoencoder, seed: int = 0) -> SparseAutoencoder:
         for name, buf in sae.rule.named_buffers():  # thresholds of batch rules
             dict(rand.rule.named_buffers())[name].copy_(buf)
     return rand.eval()
-
-
-# ------------------------------------------------------------------------- command
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("saes", nargs="+", metavar="SAE", help="SAE directories; with several, also their stability")
-    data = parser.add_mutually_exclusive_group()
-    data.add_argument("--store", metavar="DIR", help="held-out activations: an activation store")
-    data.add_argument("--planted", action="store_true",
-                      help="held-out planted data (the set in the SAE's cfg.extra['planted'], else the default of its width), with recovery")
-    parser.add_argument("--kinds", default=None, help="only these token kinds from the store, e.g. 'text'")
-    parser.add_argument("--rows", type=int, default=32768, help="rows to evaluate on (default: 32768)")
-    parser.add_argument("--batch-size", type=int, default=1024, help="rows per batch (default: 1024)")
-    parser.add_argument("--dense-threshold", type=float, default=0.1, help="a latent firing on more than this share of rows is dense (default: 0.1)")
-    parser.add_argument("--concepts", action="store_true",
-                        help="agreement with supervised concept directions on real ImageNet-class prompts through a text model")
-    parser.add_argument("--model", default=None, help="the text model for --concepts (default: the SAE's cfg.model)")
-    parser.add_argument("--hook", default=None, help="the hook for --concepts (default: the SAE's cfg.hook)")
-    parser.add_argument("--prompts-per-concept", type=int, default=150, help="prompts per concept for --concepts (default: 150)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the splits and prompt samples (default: 0)")
-    parser.add_argument("--out", default=None, help="write the JSON here as well as to stdout")
-
-
-def _rows_of(args, sae: SparseAutoencoder):
-    """The held-out rows for one SAE (a generator of batches) and, for planted data, its set."""
-    if args.store:
-        from ..store import ActivationStore
-
-        store = ActivationStore.open(args.store)
-        if store.d_in != sae.d_in:
-            raise ValueError(f"the store {args.store} holds {store.d_in}-wide rows but the SAE reads {sae.d_in}")
-        kinds = args.kinds.split(",") if args.kinds else None
-        return store.batches(args.batch_size, seed=args.seed, shuffle=True, loop=False, kinds=kinds), None
-    from ..planted import PlantedConfig, PlantedData
-
-    planted = sae.cfg.extra.get("planted")
-    data = PlantedData(PlantedConfig(**planted) if planted else PlantedConfig(d_in=sae.d_in))
-    if data.cfg.d_in != sae.d_in:
-        raise ValueError(f"the planted set is {data.cfg.d_in} wide but the SAE reads {sae.d_in}")
-    n_batches = math.ceil(args.rows / args.batch_size)
-    # Batch indices from 10_000_000 on are never used for training (as in eval planted).
-    return data.batches(args.batch_size, n_batches, start=10_000_000), data
-
-
-def run(args: argparse.Namespace) -> int:
-    from ..cli import CLIError
-
-    if not (args.store or args.planted or args.concepts):
-        raise CLIError("say what to evaluate on: --store DIR, --planted, and/or --concepts")
-    if args.rows < 1 or args.batch_size < 1:
-        raise CLIError(f"--rows and --batch-size must be positive, got {args.rows} and {args.batch_size}")
-    saes = [SparseAutoencoder.from_pretrained(p) for p in args.saes]
-    report: dict[str, Any] = {"saes": []}
-    for path, sae in zip(args.saes, saes):
-        entry: dict[str, Any] = {"path": str(path), "sparsity": sae.cfg.sparsity, "n_latents": sae.n_latents}
-        if args.store or args.planted:
-            batches, data = _rows_of(args, sae)
-            kept: list[torch.Tensor] = []
-
-            def keep(it):
-                for b in it:
-                    kept.append(b)
-                    yield b
-
-            entry["metrics"] = reconstruction_metrics(sae, keep(batches), dense_threshold=args.dense_threshold, max_rows=args.rows)
-            x = torch.cat(kept)[: args.rows]
-            if x.shape[0] >= min_dark_matter_rows(sae.d_in):
-                entry["dark_matter"] = dark_matter(sae, x, seed=args.seed)
-            else:
-                entry["dark_matter"] = {"skipped": f"{x.shape[0]} rows are too few for a {sae.d_in}-wide linear fit"}
-            if data is not None:
-                entry["recovery"] = planted_recovery(sae, data.directions, signed=data.cfg.signed)
-        if args.concepts:
-            model = args.model or sae.cfg.model
-            hook = args.hook or sae.cfg.hook
-            if not model or not hook:
-                raise CLIError("--concepts needs a text model and a hook: pass --model and --hook (the SAE's config names none)")
-            source = text_source(model, hook)
-            prompts, members = concept_prompts(args.prompts_per_concept, seed=args.seed)
-            rows, ids = prompt_tokens(source, prompts)
-            if rows.shape[1] != sae.d_in:
-                raise ValueError(f"hook {hook!r} of {model} gives {rows.shape[1]}-wide rows but the SAE reads {sae.d_in}")
-            acts = pool(rows, ids, len(prompts))
-            codes = pooled_codes(sae, rows, ids, len(prompts))
-            entry["concepts"] = concept_agreement(sae, acts, codes, members, seed=args.seed)
-            base = random_like(sae, seed=args.seed)
-            base_codes = pooled_codes(base, rows, ids, len(prompts))
-            entry["concepts_random_sae"] = concept_agreement(base, acts, base_codes, members, seed=args.seed)["mean"]
-        report["saes"].append(entry)
-        print(json.dumps({k: v for k, v in entry.items()}), flush=True)
-    if len(saes) > 1:
-        report["stability"] = stability(saes)
-        print(json.dumps({"stability": report["stability"]}), flush=True)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2))
-    return 0

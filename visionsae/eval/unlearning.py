@@ -15,7 +15,6 @@ ask every test image a held-out category question and the held-out footwear ques
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -70,7 +69,7 @@ def evaluate(unlearn_sets: Sequence[Sequence[str]] = tuple(s.split(",") for s in
     from ..zoo import CLASS_NAMES, load_fashion_vqa, zoo_dir
     from ..zoo.captions import YES, NO, YES_NO_ATTRIBUTES
     from ..zoo.vqa import FashionVQA
-    from ..zoo.vqa_sae import SAE_DIR, UNLEARN_TOKENS, UNLEARN_VALUE
+    from ..zoo.settings import UNLEARN_TOKENS, UNLEARN_VALUE, VQA_SAE_DIR as SAE_DIR
 
     value = UNLEARN_VALUE if value is None else value  # mode None: each class's calibrated setting
     tokens = UNLEARN_TOKENS if tokens is None else tokens
@@ -155,38 +154,3 @@ def evaluate(unlearn_sets: Sequence[Sequence[str]] = tuple(s.split(",") for s in
         report["runs"].append(run)
     (out_dir / "unlearning.json").write_text(json.dumps(report, indent=2))
     return report
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..control.sauce import TOKEN_SCOPES
-    from ..zoo.vqa_sae import UNLEARN_MODE, UNLEARN_TOKENS, UNLEARN_VALUE
-
-    parser.add_argument("--unlearn", action="append", default=None,
-                        help="comma-separated classes to unlearn together; repeat for several runs "
-                             "(default: sneaker, then sneaker,bag,trouser)")
-    parser.add_argument("--per-class", type=int, default=100, help="test images per class (default: 100)")
-    parser.add_argument("--out", default="runs/eval-unlearning", help="folder for unlearning.json")
-    parser.add_argument("--mode", choices=["calibrated", "zero", "scale", "clamp"], default=UNLEARN_MODE or "calibrated",
-                        help="how the concept features are suppressed; calibrated: each class's own feature count and "
-                             f"scale, from its concept set (default: {UNLEARN_MODE or 'calibrated'})")
-    parser.add_argument("--value", type=float, default=UNLEARN_VALUE,
-                        help=f"factor of --mode scale, value of --mode clamp (default: {UNLEARN_VALUE:g})")
-    parser.add_argument("--tokens", choices=list(TOKEN_SCOPES), default=UNLEARN_TOKENS,
-                        help=f"edit the image tokens only or every token where a feature fires (default: {UNLEARN_TOKENS})")
-    parser.add_argument("--batch", type=int, default=64, help="images per generate call (default: 64)")
-
-
-def run(args: argparse.Namespace) -> int:
-    from ..zoo import CLASS_NAMES
-
-    torch.set_num_threads(1)
-    sets = [s.split(",") for s in (args.unlearn or DEFAULT_SETS)]
-    unknown = sorted({n for s in sets for n in s} - set(CLASS_NAMES))
-    if unknown:
-        raise ValueError(f"unknown classes {unknown}; the zoo's classes are {list(CLASS_NAMES)}")
-    if args.per_class < 1:
-        raise ValueError(f"--per-class must be >= 1, got {args.per_class}")
-    mode = None if args.mode == "calibrated" else args.mode
-    report = evaluate(sets, args.per_class, args.out, mode, args.value, args.tokens, args.batch)
-    print(json.dumps(report, indent=2))
-    return 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+from ..errors import UsageError
 
 
 @torch.no_grad()
@@ -30,7 +31,7 @@ def kmeans(points: torch.Tensor, k: int, *, iters: int = 25, seed: int = 0, prog
     """
     n = points.shape[0]
     if n < k:
-        raise ValueError(
+        raise UsageError(
             f"k-means for {k} archetypal candidates needs at least {k} rows, got {n} "
             "(initialise from a larger batch or lower archetypal_candidates)"
         )
@@ -82,7 +83,7 @@ class ArchetypalDictionary(nn.Module):
                  device=None, dtype=torch.float32) -> None:
         super().__init__()
         if n_candidates < n_latents:
-            raise ValueError(
+            raise UsageError(
                 f"archetypal_candidates={n_candidates} is smaller than n_latents={n_latents}; every atom starts "
                 "at its own candidate, so at least n_latents candidates are needed"
             )

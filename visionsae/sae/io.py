@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import InputNotFoundError, UsageError, write_failed
 from .config import FORMAT_VERSION, SAEConfig
-from .model import SparseAutoencoder
+from .model import SparseAutoencoder, folded
 
 CFG_NAME = "cfg.json"
 WEIGHTS_NAME = "sae.safetensors"
@@ -108,13 +108,11 @@ def save_sae(sae: SparseAutoencoder, path: str | Path, fold_input_scale: bool = 
     if format == "sparsify":
         return _save_sparsify(sae, path)
     if format != "visionsae":
-        raise ValueError(f"unknown SAE format {format!r}; expected one of {FORMATS}")
+        raise UsageError(f"unknown SAE format {format!r}; expected one of {FORMATS}")
     state = {k: v.detach() for k, v in sae.state_dict().items()}
     if fold_input_scale and float(state["input_scale"]) != 1.0:  # new tensors; nothing copied otherwise
         s = float(state["input_scale"])
-        state["W_enc"] = state["W_enc"] * s
-        state["W_dec"] = state["W_dec"] / s
-        state["b_dec"] = state["b_dec"] / s
+        state = {k: folded(k, v, s) for k, v in state.items()}
         state["input_scale"] = torch.ones_like(state["input_scale"])
     for name, tensor in state.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all() and name != "rule.threshold":
@@ -230,17 +228,17 @@ def _load_saelens(root: Path, raw: dict[str, Any], device) -> SparseAutoencoder:
     try:
         d_in, d_sae = int(raw["d_in"]), int(raw["d_sae"])
     except KeyError as exc:
-        raise ValueError(f"{root / CFG_NAME} lacks {exc.args[0]!r}, which an SAELens cfg.json has") from exc
+        raise UsageError(f"{root / CFG_NAME} lacks {exc.args[0]!r}, which an SAELens cfg.json has") from exc
     arch = raw.get("architecture", "standard")
     if arch == "gated":
-        raise ValueError(f"{root}: gated SAEs are not supported (SAELens architecture 'gated')")
+        raise UsageError(f"{root}: gated SAEs are not supported (SAELens architecture 'gated')")
     tensors = _read_tensors(file)
     expected = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
     if arch == "jumprelu":
         expected["threshold"] = (d_sae,)
     _check_shapes(file, tensors, expected)
     if raw.get("normalize_activations") not in (None, "none"):
-        raise ValueError(
+        raise UsageError(
             f"{root}: SAELens normalize_activations={raw['normalize_activations']!r} is not supported; "
             "fold the normalisation into the weights first"
         )
@@ -257,30 +255,30 @@ def _load_saelens(root: Path, raw: dict[str, Any], device) -> SparseAutoencoder:
     W_dec = tensors["W_dec"].float()
     if raw.get("rescale_acts_by_decoder_norm"):
         if arch != "topk":
-            raise ValueError(f"{root}: SAELens rescale_acts_by_decoder_norm=True is supported for topk SAEs only, "
+            raise UsageError(f"{root}: SAELens rescale_acts_by_decoder_norm=True is supported for topk SAEs only, "
                              f"not {arch!r}")
         # SAELens TopK encodes topk(pre * |W_dec_j|) and decodes (acts / |W_dec_j|) @ W_dec: the
         # same code as plain TopK with encoder rows and biases times the norms, unit decoder rows
         norms = W_dec.norm(dim=1)
         if not bool((norms > 0).all()):
-            raise ValueError(f"{file}: rescale_acts_by_decoder_norm needs non-zero decoder rows")
+            raise UsageError(f"{file}: rescale_acts_by_decoder_norm needs non-zero decoder rows")
         W_enc, b_enc, W_dec = W_enc * norms[:, None], b_enc * norms, W_dec / norms[:, None]
     weights = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}
     if arch == "topk":
         k = raw.get("k") or (raw.get("activation_fn_kwargs") or {}).get("k")
         if k is None:
-            raise ValueError(f"{root / CFG_NAME}: a topk SAELens SAE needs 'k'")
+            raise UsageError(f"{root / CFG_NAME}: a topk SAELens SAE needs 'k'")
         cfg = SAEConfig(sparsity="topk", k=int(k), **common)
     elif arch == "jumprelu":
         threshold = tensors["threshold"].float()
         if (threshold <= 0).any():
-            raise ValueError(f"{file}: JumpReLU thresholds must be positive")
+            raise UsageError(f"{file}: JumpReLU thresholds must be positive")
         cfg = SAEConfig(sparsity="jumprelu", **common)
         weights["rule.log_threshold"] = threshold.log()
     elif arch == "standard":
         cfg = SAEConfig(sparsity="relu", **common)
     else:
-        raise ValueError(f"{root}: SAELens architecture {arch!r} is not supported; expected standard, topk or jumprelu "
+        raise UsageError(f"{root}: SAELens architecture {arch!r} is not supported; expected standard, topk or jumprelu "
                          "(BatchTopK and Matryoshka SAEs export for inference as jumprelu)")
     return _build(cfg, weights, device)
 
@@ -288,13 +286,13 @@ def _load_saelens(root: Path, raw: dict[str, Any], device) -> SparseAutoencoder:
 def _load_sparsify(root: Path, raw: dict[str, Any], device) -> SparseAutoencoder:
     file = root / WEIGHTS_NAME
     if not file.exists():
-        raise FileNotFoundError(f"{root} has no {WEIGHTS_NAME}")
+        raise InputNotFoundError(f"{root} has no {WEIGHTS_NAME}")
     if "d_in" not in raw or "k" not in raw:
-        raise ValueError(f"{root / CFG_NAME} is neither a visionsae cfg (no format_version) nor a sparsify cfg (needs d_in and k)")
+        raise UsageError(f"{root / CFG_NAME} is neither a visionsae cfg (no format_version) nor a sparsify cfg (needs d_in and k)")
     if raw.get("skip_connection") or raw.get("transcode"):
-        raise ValueError(f"{root}: sparsify skip connections / transcoders are not supported")
+        raise UsageError(f"{root}: sparsify skip connections / transcoders are not supported")
     if raw.get("activation", "topk") != "topk":
-        raise ValueError(f"{root}: sparsify activation={raw['activation']!r} is not supported (only 'topk'; "
+        raise UsageError(f"{root}: sparsify activation={raw['activation']!r} is not supported (only 'topk'; "
                          "groupmax keeps the largest latent of each of k groups)")
     d_in = int(raw["d_in"])
     n = int(raw.get("num_latents") or 0) or d_in * int(raw.get("expansion_factor", 32))
@@ -318,8 +316,7 @@ def _load_sparsify(root: Path, raw: dict[str, Any], device) -> SparseAutoencoder
 def _inference_weights(sae: SparseAutoencoder) -> dict[str, torch.Tensor]:
     """W_enc [n, d], b_enc, W_dec [n, d], b_dec acting on raw inputs (input scale folded)."""
     s = float(sae.input_scale)
-    return {"W_enc": sae.W_enc.detach().float() * s, "b_enc": sae.b_enc.detach().float(),
-            "W_dec": sae.W_dec.detach().float() / s, "b_dec": sae.b_dec.detach().float() / s}
+    return {k: folded(k, getattr(sae, k).detach().float(), s) for k in ("W_enc", "b_enc", "W_dec", "b_dec")}
 
 
 def _save_saelens(sae: SparseAutoencoder, path: Path) -> Path:
@@ -342,11 +339,11 @@ def _save_saelens(sae: SparseAutoencoder, path: Path) -> Path:
         else:
             t = float(sae.rule.threshold)
             if not t > 0:  # NaN (never trained) or not positive: no JumpReLU equivalent
-                raise ValueError(f"this batchtopk SAE's inference threshold is {t}; SAELens's JumpReLU needs a positive one")
+                raise UsageError(f"this batchtopk SAE's inference threshold is {t}; SAELens's JumpReLU needs a positive one")
             threshold = torch.full((n,), t)
         tensors["threshold"] = threshold.cpu()
     else:
-        raise ValueError(f"an SAE with sparsity {rule!r} has no SAELens equivalent; the SAELens export supports "
+        raise UsageError(f"an SAE with sparsity {rule!r} has no SAELens equivalent; the SAELens export supports "
                          "topk, relu, jumprelu and batchtopk")
     cfg = {"architecture": arch, "d_in": sae.d_in, "d_sae": n, "dtype": "float32", "device": "cpu",
            "apply_b_dec_to_input": True, "normalize_activations": "none", "reshape_activations": "none", **cfg,
@@ -360,7 +357,7 @@ def _save_saelens(sae: SparseAutoencoder, path: Path) -> Path:
 def _save_sparsify(sae: SparseAutoencoder, path: Path) -> Path:
     """sparsify's layout (``SparseCoder``): TopK SAEs only."""
     if sae.cfg.sparsity != "topk":
-        raise ValueError(f"an SAE with sparsity {sae.cfg.sparsity!r} has no sparsify equivalent; the sparsify export "
+        raise UsageError(f"an SAE with sparsity {sae.cfg.sparsity!r} has no sparsify equivalent; the sparsify export "
                          "supports topk only")
     w = _inference_weights(sae)
     tensors = {"encoder.weight": w["W_enc"], "encoder.bias": w["b_enc"], "W_dec": w["W_dec"], "b_dec": w["b_dec"]}

@@ -17,10 +17,23 @@ from .kernels import LatentBags, Scratch, sparse_decode, sparse_encode
 from .losses import LossInputs, afa_loss, matryoshka_loss, matryoshka_widths
 from .losses import fvu as _fvu
 from .sparsity import RULES, SparsityRule
+from ..errors import UsageError
 
 # Inference encodes at most this many pre-activations at once (16 MB in fp32): a
 # 2^19-latent SAE on 77 tokens (40M pre-activations, 160 MB) is encoded in chunks.
 _MAX_PRE_ACTS = 1 << 22
+
+
+def folded(name: str, tensor: torch.Tensor, scale: float) -> torch.Tensor:
+    """The SAE parameter ``name`` as it acts on raw inputs, ``scale`` being the input scale s
+    (the one place the folding is written): ``W_enc (s x - b_dec) = (s W_enc)(x - b_dec / s)``
+    and the decode divides by s, so ``W_enc * s``, ``W_dec / s``, ``b_dec / s``; codes are
+    unchanged. Other tensors come back as they are."""
+    if name == "W_enc":
+        return tensor * scale
+    if name in ("W_dec", "b_dec"):
+        return tensor / scale
+    return tensor
 
 
 @dataclass
@@ -101,7 +114,7 @@ class SparseAutoencoder(nn.Module):
     def _flat(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.cfg.d_in:
             where = f" (hook {self.cfg.hook!r})" if self.cfg.hook else ""
-            raise ValueError(
+            raise UsageError(
                 f"activations have {x.shape[-1]} features but the SAE expects {self.cfg.d_in}{where}"
             )
         return x.reshape(-1, self.cfg.d_in).to(self.W_enc.dtype)
@@ -225,7 +238,7 @@ class SparseAutoencoder(nn.Module):
         """The archetypal dictionary's atoms in this SAE's current units ``[n_latents, d_in]``
         (differentiable; folding the input scale divides them as it divides ``W_dec``)."""
         if self.dictionary is None:
-            raise ValueError("this SAE has a linear dictionary; dictionary_atoms needs dictionary='archetypal'")
+            raise UsageError("this SAE has a linear dictionary; dictionary_atoms needs dictionary='archetypal'")
         factor = (self.input_scale / self.dictionary.reference_scale).to(self.W_dec.dtype)
         return self.dictionary.atoms() * factor
 
@@ -270,7 +283,7 @@ class SparseAutoencoder(nn.Module):
         elif method == "zeros":
             center = torch.zeros_like(xs[0])
         else:
-            raise ValueError(f"unknown b_dec init {method!r}; expected geometric_median, mean or zeros")
+            raise UsageError(f"unknown b_dec init {method!r}; expected geometric_median, mean or zeros")
         self.b_dec.copy_(center.to(self.b_dec.dtype))
         if self.dictionary is not None:
             # Candidates from the centred sample; the k-means seed is drawn from torch's global
@@ -292,9 +305,9 @@ class SparseAutoencoder(nn.Module):
         s = float(self.input_scale)
         if s == 1.0:
             return
-        self.W_enc.mul_(s)
-        self.W_dec.div_(s)
-        self.b_dec.div_(s)
+        for name in ("W_enc", "W_dec", "b_dec"):
+            param = getattr(self, name)
+            param.copy_(folded(name, param, s))
         self.input_scale.fill_(1.0)
 
     # ------------------------------------------------------------------- files

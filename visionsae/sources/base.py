@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from visionsae.store import ActivationBatch, TokenKind
+from ..errors import UsageError
 
 
 class _StopForward(Exception):
@@ -43,7 +44,7 @@ def resolve_hook(model: nn.Module, hook: str) -> str:
         return found[0]
     close = difflib.get_close_matches(hook, sorted(names), n=5, cutoff=0.5)
     hint = f"; close matches: {', '.join(close)}" if close else f"; e.g. {', '.join(sorted(names)[:5])}"
-    raise ValueError(f"hook point {hook!r} is not a module of {type(model).__name__}{hint}")
+    raise UsageError(f"hook point {hook!r} is not a module of {type(model).__name__}{hint}")
 
 
 def resolve_module(model: nn.Module, hook: str) -> nn.Module:
@@ -60,7 +61,7 @@ def output_tensor(output: Any) -> torch.Tensor:
         return output[0]
     if hasattr(output, "to_tuple"):
         return output_tensor(output.to_tuple())
-    raise ValueError(f"the hooked module returned {type(output).__name__}, not a tensor; hook a module that returns one")
+    raise UsageError(f"the hooked module returned {type(output).__name__}, not a tensor; hook a module that returns one")
 
 
 class HookCapture:
@@ -100,7 +101,7 @@ class HookCapture:
         finally:
             handle.remove()
         if self.output is None:
-            raise ValueError(f"hook point {self.hook!r} did not run in the forward pass (the model's forward does not use it)")
+            raise UsageError(f"hook point {self.hook!r} did not run in the forward pass (the model's forward does not use it)")
         return self.output
 
 
@@ -118,7 +119,7 @@ def tokens_of(output: torch.Tensor, *, channels_last: bool = False) -> torch.Ten
         return output.flatten(2).transpose(1, 2)
     if output.ndim == 2:
         return output[:, None, :]
-    raise ValueError(f"cannot read a hook output of shape {tuple(output.shape)} as tokens; expected 2, 3 or 4 dims")
+    raise UsageError(f"cannot read a hook output of shape {tuple(output.shape)} as tokens; expected 2, 3 or 4 dims")
 
 
 class ActivationSource:
@@ -193,7 +194,7 @@ class ActivationSource:
     def batches(self, inputs: Sequence[Any], batch_size: int = 32, *, start: int = 0) -> Iterator[ActivationBatch]:
         """Encode ``inputs[start:]`` ``batch_size`` at a time (input ids are list indices)."""
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise UsageError(f"batch_size must be >= 1, got {batch_size}")
         for i in range(start, len(inputs), batch_size):
             yield self.encode(inputs[i : i + batch_size], i)
 
@@ -244,7 +245,7 @@ def rows_from_tokens(
     [B, T] defaults to ``0..T-1``."""
     B, T, D = tokens.shape
     if kinds.shape != (B, T):
-        raise ValueError(f"token kinds have shape {tuple(kinds.shape)} but the tokens are {B} x {T}")
+        raise UsageError(f"token kinds have shape {tuple(kinds.shape)} but the tokens are {B} x {T}")
     if positions is None:
         positions = torch.arange(T, dtype=torch.int32).expand(B, T)
     input_id = (torch.arange(B, dtype=torch.int64) + first_id)[:, None].expand(B, T)
@@ -299,6 +300,6 @@ def rows_from_output(out: torch.Tensor, first_id: int, prefix_kinds: Sequence[To
         kinds = torch.full((B, T), int(TokenKind.PATCH), dtype=torch.uint8)
         if out.ndim == 3 and prefix_kinds:
             if T <= len(prefix_kinds):
-                raise ValueError(f"the hook output has {T} tokens, not more than its {len(prefix_kinds)} prefix tokens")
+                raise UsageError(f"the hook output has {T} tokens, not more than its {len(prefix_kinds)} prefix tokens")
             kinds[:, : len(prefix_kinds)] = torch.tensor([int(k) for k in prefix_kinds], dtype=torch.uint8)
     return rows_from_tokens(tokens, kinds, first_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from ..errors import UsageError
 
 # ImageNet-1k classes 151..268 are dog breeds.
 DOG_CLASS_IDS = tuple(range(151, 269))
@@ -39,7 +40,7 @@ def vehicle_class_ids() -> tuple[int, ...]:
     names = class_names()
     missing = [n for n in VEHICLE_CLASS_NAMES if n not in names]
     if missing:
-        raise ValueError(f"vehicle classes not among open_clip's ImageNet class names: {missing}")
+        raise UsageError(f"vehicle classes not among open_clip's ImageNet class names: {missing}")
     return tuple(names.index(n) for n in VEHICLE_CLASS_NAMES)
 
 
@@ -50,7 +51,7 @@ def imagenet_prompts(templates: str = "simple", classes: list[int] | None = None
 
     tmpl = {"simple": SIMPLE_IMAGENET_TEMPLATES, "openai": OPENAI_IMAGENET_TEMPLATES}.get(templates)
     if tmpl is None:
-        raise ValueError(f"templates must be 'simple' or 'openai', got {templates!r}")
+        raise UsageError(f"templates must be 'simple' or 'openai', got {templates!r}")
     names = class_names()
     ids = range(len(names)) if classes is None else classes
     return [Prompt(t(names[c]), c, names[c], j) for c in ids for j, t in enumerate(tmpl)]
@@ -60,5 +61,5 @@ def sample_prompts(n: int, *, templates: str = "openai", seed: int = 0, exclude:
     """``n`` prompts drawn without replacement (seeded) from all classes not in ``exclude``."""
     pool = [p for p in imagenet_prompts(templates) if p.class_id not in exclude]
     if n > len(pool):
-        raise ValueError(f"asked for {n} prompts but the corpus has {len(pool)}")
+        raise UsageError(f"asked for {n} prompts but the corpus has {len(pool)}")
     return random.Random(seed).sample(pool, n)

@@ -282,11 +282,11 @@ class ImageSource(ActivationSource):
     ):
         super().__init__(model, hook, **kw)
         if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+            raise UsageError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         fam = _detect(model)
         self.family = fam.name
         if preprocess is not None and not callable(preprocess):
-            raise ValueError(f"preprocess must be callable (PIL image -> tensor), got {type(preprocess).__name__}")
+            raise UsageError(f"preprocess must be callable (PIL image -> tensor), got {type(preprocess).__name__}")
         if preprocess is not None and hasattr(preprocess, "model_input_names"):
             preprocess = HFImageProcessor(preprocess)  # a transformers image processor
         self.preprocess = preprocess if preprocess is not None else fam.preprocess
@@ -318,7 +318,7 @@ class ImageSource(ActivationSource):
             return load_image(item)
         if hasattr(item, "mode") and hasattr(item, "size"):
             return to_rgb(item)
-        raise ValueError(f"expected an image path or a PIL image, got {type(item).__name__}")
+        raise UsageError(f"expected an image path or a PIL image, got {type(item).__name__}")
 
     def pixel_values(self, items: Sequence[Any], first_id: int) -> tuple[torch.Tensor | None, list[int], list[dict]]:
         """Preprocessed ``[B', 3, H, W]`` of the readable items, their input ids, and the skipped."""
@@ -377,7 +377,7 @@ class ImageSource(ActivationSource):
         tokens = tokens_of(out, channels_last=self.channels_last)
         B, T, _ = tokens.shape
         if B != x.shape[0]:
-            raise ValueError(f"hook {self.hook!r} gives batch {B} for {x.shape[0]} images (shape {tuple(out.shape)})")
+            raise UsageError(f"hook {self.hook!r} gives batch {B} for {x.shape[0]} images (shape {tuple(out.shape)})")
         kinds = torch.full((B, T), int(TokenKind.PATCH), dtype=torch.uint8)
         n_prefix = 0
         if out.ndim == 2:
@@ -392,7 +392,7 @@ class ImageSource(ActivationSource):
                 if T == n_patches + len(self.prefix_kinds):
                     n_prefix = len(self.prefix_kinds)
                 elif T != n_patches:
-                    raise ValueError(
+                    raise UsageError(
                         f"hook {self.hook!r} gives {T} tokens; expected {n_patches} patches "
                         f"({grid[0]}x{grid[1]} of {self.patch_size} px) plus {len(self.prefix_kinds)} prefix tokens"
                     )

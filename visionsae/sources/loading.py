@@ -297,3 +297,18 @@ def build_source(loaded: LoadedModel, input_kind: str, *, hook: str | None = Non
             raise UsageError(f"image inputs need an image backbone, got a {loaded.kind} model")
         return ImageSource(loaded.model, hook, preprocess=loaded.processor, on_error=on_error, nhwc=nhwc, **common)
     return ModuleSource(loaded.model, hook, **common)
+
+
+def read_prompts(path: str) -> list[str]:
+    from pathlib import Path
+
+    from ..errors import InputNotFoundError, UsageError
+    from ..sources.loading import read_text_lines
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputNotFoundError(f"prompt file {p} does not exist")
+    prompts = [line.strip() for line in read_text_lines(p) if line.strip()]
+    if not prompts:
+        raise UsageError(f"prompt file {p} holds no prompts")
+    return prompts

@@ -120,12 +120,12 @@ class TextEncoderSource(ActivationSource):
     ):
         super().__init__(text_encoder, hook, **kw)
         if padding not in ("max_length", "longest"):
-            raise ValueError(f"padding must be 'max_length' or 'longest', got {padding!r}")
+            raise UsageError(f"padding must be 'max_length' or 'longest', got {padding!r}")
         self.tokenizer = tokenizer
         if max_length is None:
             max_length = int(tokenizer.model_max_length)
             if max_length > _HUGE:
-                raise ValueError(
+                raise UsageError(
                     f"{type(tokenizer).__name__} sets no length limit; pass max_length (e.g. 77)"
                 )
         self.max_length = max_length
@@ -149,7 +149,7 @@ class TextEncoderSource(ActivationSource):
         enc, tok = getattr(pipe, name, None), getattr(pipe, tok_name, None)
         if enc is None or tok is None:
             have = [n for n in ENCODERS.values() if getattr(pipe, n, None) is not None]
-            raise ValueError(f"{type(pipe).__name__} has no {name} with a {tok_name} (it has {have})")
+            raise UsageError(f"{type(pipe).__name__} has no {name} with a {tok_name} (it has {have})")
         if kw.get("max_length") is None:
             kw["max_length"] = pipeline_max_length(type(pipe), getattr(enc.config, "model_type", ""))
         return cls(enc, tok, hook, **kw)
@@ -216,7 +216,7 @@ class TextEncoderSource(ActivationSource):
         out = self._capture(lambda: self.model(**kwargs))
         tokens = tokens_of(out)
         if tokens.shape[:2] != ids.shape:
-            raise ValueError(
+            raise UsageError(
                 f"hook {self.hook!r} gives shape {tuple(out.shape)}, not one row per token of {tuple(ids.shape)} ids"
             )
         batch = rows_from_tokens(tokens, kinds, first_id)

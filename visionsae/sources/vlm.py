@@ -19,6 +19,7 @@ from torch import nn
 from visionsae.sources.base import ActivationSource, rows_from_tokens, tokens_of
 from visionsae.sources.image import load_image, to_rgb, ImageReadError
 from visionsae.store import ActivationBatch, TokenKind
+from ..errors import UsageError
 
 # where the decoder layers of the language model sit (transformers 5, then 4)
 _LAYER_PATHS = ("model.language_model.layers", "language_model.model.layers", "model.language_model.model.layers",
@@ -31,7 +32,7 @@ def decoder_layers_path(model: nn.Module) -> str:
     for p in _LAYER_PATHS:
         if isinstance(names.get(p), nn.ModuleList):
             return p
-    raise ValueError(f"cannot find the language-model layers of {type(model).__name__}; pass hook= explicitly")
+    raise UsageError(f"cannot find the language-model layers of {type(model).__name__}; pass hook= explicitly")
 
 
 class VLMSource(ActivationSource):
@@ -59,16 +60,16 @@ class VLMSource(ActivationSource):
     def __init__(self, model: nn.Module, processor: Any, *, layer: int | None = None, hook: str | None = None,
                  on_error: str = "raise", **kw):
         if (layer is None) == (hook is None):
-            raise ValueError("give exactly one of layer= (a language-model layer index) or hook= (a module path)")
+            raise UsageError("give exactly one of layer= (a language-model layer index) or hook= (a module path)")
         if hook is None:
             path = decoder_layers_path(model)
             n = len(model.get_submodule(path))
             if not -n <= layer < n:
-                raise ValueError(f"layer {layer} is out of range: the language model has {n} layers")
+                raise UsageError(f"layer {layer} is out of range: the language model has {n} layers")
             hook = f"{path}.{layer % n}"
         super().__init__(model, hook, **kw)
         if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+            raise UsageError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.on_error = on_error
@@ -107,7 +108,7 @@ class VLMSource(ActivationSource):
         prompts, images, ids, kept, skipped = [], [], [], [], []
         for i, rec in enumerate(items):
             if not isinstance(rec, dict) or not isinstance(rec.get("question"), str):
-                raise ValueError(
+                raise UsageError(
                     f"input {first_id + i} must be a record {{'image': path, 'question': str}}, got {rec!r:.80}"
                 )
             img = rec.get("image")
@@ -135,7 +136,7 @@ class VLMSource(ActivationSource):
         out = self._capture(lambda: self.model(**model_inputs))
         tokens = tokens_of(out)
         if tokens.shape[:2] != input_ids.shape:
-            raise ValueError(f"hook {self.hook!r} gives shape {tuple(out.shape)}, not one row per token of "
+            raise UsageError(f"hook {self.hook!r} gives shape {tuple(out.shape)}, not one row per token of "
                              f"{tuple(input_ids.shape)} ids")
         kinds = self.token_kinds(input_ids, mask)
         # position in the prompt as the model numbers it: left padding shifts it, so count from the

@@ -261,7 +261,7 @@ class Trainer:
         stream: Iterator = iter(batches(rank, world) if sharded else batches)
         first = next(stream, None)
         if sharded and not sync.all_true(first is not None):
-            raise ValueError(f"no activation batches for {'rank ' + str(rank) if first is None else 'another rank'}"
+            raise UsageError(f"no activation batches for {'rank ' + str(rank) if first is None else 'another rank'}"
                              f" of {world}: the data is empty")
         if first is None:
             raise UsageError("no activation batches: the data is empty")

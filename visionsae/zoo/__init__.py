@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 from .captions import CLASS_NAMES, NUM_CLASSES
+from ..errors import InputNotFoundError
 
 __all__ = [
     "CLASS_NAMES",
@@ -46,7 +47,7 @@ def zoo_dir() -> Path:
 def _model_dir(path: str | os.PathLike | None, name: str) -> Path:
     folder = Path(path) if path is not None else zoo_dir() / name
     if not folder.is_dir():
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"zoo model folder {folder} not found; it ships in the distribution (visionsae/zoo/assets/{name}) "
             f"and the repository (assets/zoo/{name}); set VISIONSAE_ZOO to the folder holding it"
         )

@@ -12,6 +12,7 @@ Captions are lower case apart from nothing: MiniLM's tokenizer is uncased anyway
 from __future__ import annotations
 
 import random
+from ..errors import UsageError
 
 # Fashion-MNIST label order. ``CLASS_NAMES[i]`` is also the VQA's one canonical answer for class i.
 CLASS_NAMES: tuple[str, ...] = (
@@ -171,7 +172,7 @@ YES, NO = "yes", "no"
 
 def _check_label(label: int) -> int:
     if not 0 <= int(label) < NUM_CLASSES:
-        raise ValueError(f"class label must be in 0..{NUM_CLASSES - 1}, got {label}")
+        raise UsageError(f"class label must be in 0..{NUM_CLASSES - 1}, got {label}")
     return int(label)
 
 
@@ -185,7 +186,7 @@ def class_prompts(label: int, split: str = "train") -> list[str]:
     elif split == "heldout":
         templates, descriptions = HELDOUT_TEMPLATES, HELDOUT_DESCRIPTIONS
     else:
-        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+        raise UsageError(f"split must be 'train' or 'heldout', got {split!r}")
     prompts = [template.format(noun) for template in templates for noun in SYNONYMS[label]] + list(descriptions[label])
     if split == "heldout":  # a held-out template can rebuild a training description; keep it out
         seen = set(class_prompts(label, "train"))

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from ..errors import UsageError
 
 _TENSOR = "__tensor__"
 _INT_KEYS = "__int_keys__"  # optimizer states are keyed by int parameter indices
@@ -79,7 +80,7 @@ def load_state(path: str | os.PathLike) -> dict[str, Any] | None:
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata() or {}
         if "tree" not in metadata:
-            raise ValueError(f"{path} is not a visionsae training checkpoint (no 'tree' metadata)")
+            raise UsageError(f"{path} is not a visionsae training checkpoint (no 'tree' metadata)")
         tensors = {key: f.get_tensor(key) for key in f.keys()}
     return _unflatten(json.loads(metadata["tree"]), tensors)
 

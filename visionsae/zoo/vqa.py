@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from ..errors import InputNotFoundError, UsageError
 
 IMAGE_TOKEN = "<image>"
 CHAT_TEMPLATE = (
@@ -89,7 +90,7 @@ class FashionVQA:
         path = Path(path)
         for name in ("config.json", "model.safetensors", "preprocessor_config.json", PROCESSOR_CONFIG, CHAT_TEMPLATE_FILE):
             if not (path / name).exists():
-                raise FileNotFoundError(f"{path / name} not found: not a zoo VQA folder")
+                raise InputNotFoundError(f"{path / name} not found: not a zoo VQA folder")
         model = LlavaForConditionalGeneration.from_pretrained(str(path), dtype=torch.float32, local_files_only=True)
         settings = json.loads((path / PROCESSOR_CONFIG).read_text())
         processor = build_processor(CLIPImageProcessor.from_pretrained(str(path)), settings["patch_size"])
@@ -97,7 +98,7 @@ class FashionVQA:
             processor.chat_template = (path / CHAT_TEMPLATE_FILE).read_text()
         tokenizer = processor.tokenizer
         if tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) != model.config.image_token_id:
-            raise ValueError(
+            raise UsageError(
                 f"tokenizer maps {IMAGE_TOKEN} to {tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)} but the model "
                 f"expects {model.config.image_token_id}: the MiniLM tokenizer package changed"
             )
@@ -111,7 +112,7 @@ class FashionVQA:
     def inputs(self, images: Sequence[Any], questions: Sequence[str]) -> dict[str, torch.Tensor]:
         """Processor outputs (``input_ids``, ``attention_mask``, ``pixel_values``) for pairs."""
         if len(images) != len(questions):
-            raise ValueError(f"got {len(images)} images but {len(questions)} questions; pass one question per image")
+            raise UsageError(f"got {len(images)} images but {len(questions)} questions; pass one question per image")
         prompts = [self.prompt(q) for q in questions]
         batch = self.processor(images=list(images), text=prompts, padding="longest", return_tensors="pt")
         return {k: v.to(self.model.device) for k, v in batch.items()}

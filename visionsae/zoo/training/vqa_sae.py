@@ -20,15 +20,13 @@ On equal terms the two do about as well (the shuffled one slightly better on eve
 token in one seed; README). The zoo ships the FAST-trained SAE, on which its concepts and
 unlearning figures were calibrated and measured; ``--ship best`` picks by held-out FVU.
 
-    python -m visionsae.zoo.vqa_sae --out assets/zoo/fashion-vqa-sae      # both, ships the FAST one
+    visionsae zoo vqa-sae --out assets/zoo/fashion-vqa-sae      # both, ships the FAST one
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,16 +34,9 @@ from typing import Iterator, Sequence
 
 import torch
 
-LAYER = 2
-"""Index of the hooked Llama decoder layer (its output: the residual stream after it)."""
-SAE_DIR = "fashion-vqa-sae"
-# How SAUCE suppresses a class on the zoo: each class's calibrated number of features and
-# negative scale (``calibrate_unlearning`` on training images), on every token where they fire.
-# One setting does not fit all: sneaker's first 8 features at -0.5 remove it, but at -2 they
-# also flip "does this go on your feet?" on sandals and boots; bag needs -2.
-UNLEARN_MODE = None
-UNLEARN_VALUE = 0.0
-UNLEARN_TOKENS = "all"
+from ..settings import UNLEARN_TOKENS, VQA_LAYER as LAYER, VQA_SAE_DIR as SAE_DIR
+from ...errors import UsageError
+
 SELECT_TOKENS = "image"
 """Concept features are selected on the image tokens (what the image shows): text-token
 features selected the same way also carry answers to other questions (suppressing the
@@ -68,7 +59,7 @@ class SequenceRows:
 
     @property
     def special(self) -> torch.Tensor:
-        from ..store import TokenKind
+        from ...store import TokenKind
 
         return (self.kind == TokenKind.START) | (self.kind == TokenKind.END)
 
@@ -77,14 +68,14 @@ def conversations(split: str, n: int, seed: int = 0) -> tuple[list[dict], torch.
     """``n`` records ``{"image": PIL, "question": str}`` on Fashion-MNIST ``split`` images (in a
     seeded random order), with the training phrasings (``train``) or the held-out ones
     (``test``) of every kind of question the model answers; and the images' labels ``[n]``."""
-    from . import captions
-    from .data import load_fashion_mnist
+    from .. import captions
+    from ..data import load_fashion_mnist
     from .train_vqa import QUESTION_MIX, training_questions
-    from .vqa import fashion_images_to_pil
+    from ..vqa import fashion_images_to_pil
 
     images, labels = load_fashion_mnist(split)
     if n > len(images):
-        raise ValueError(f"asked for {n} conversations but the {split} split has {len(images)} images")
+        raise UsageError(f"asked for {n} conversations but the {split} split has {len(images)} images")
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(images), generator=g)[:n]
     if split == "train":
@@ -105,8 +96,8 @@ def extract_store(model, processor, records: Sequence[dict], out: str | Path, la
     """The residual-stream rows of ``records`` at ``layer`` (every real token, padding dropped)
     written to an activation store at ``out`` (replacing what is there) through
     :class:`VLMSource` and :func:`visionsae.sources.extract`; returns the opened store."""
-    from ..sources import VLMSource, extract
-    from ..store import ActivationStore
+    from ...sources import VLMSource, extract
+    from ...store import ActivationStore
 
     src = VLMSource(model, processor, layer=layer, keep_kinds=["start", "text", "image"])
     extract(src, list(records), out, batch_size=batch_size, overwrite=True, progress=progress)
@@ -116,7 +107,7 @@ def extract_store(model, processor, records: Sequence[dict], out: str | Path, la
 def sequence_rows(store, labels: torch.Tensor) -> SequenceRows:
     """All rows of a store of conversations, in store order, with the closing token of each
     conversation marked END (the source marks it TEXT)."""
-    from ..store import TokenKind
+    from ...store import TokenKind
 
     shards = [store.read_shard(i) for i in range(store.num_shards)]
     rows = SequenceRows(torch.cat([b.acts.float() for b in shards]), torch.cat([b.input_id for b in shards]),
@@ -138,8 +129,8 @@ def collect(model, processor, records: Sequence[dict], labels: torch.Tensor, lay
 
 def fvu_by_kind(sae, rows: SequenceRows) -> dict[str, float]:
     """Held-out FVU over all rows and per kind of token (image, text, special)."""
-    from ..eval.sae import reconstruction_metrics
-    from ..store import TokenKind
+    from ...eval.sae import reconstruction_metrics
+    from ...store import TokenKind
 
     groups = {"all": torch.ones_like(rows.special), "image": rows.kind == TokenKind.IMAGE,
               "text": rows.kind == TokenKind.TEXT, "special": rows.special}
@@ -151,7 +142,7 @@ def variant_batches(variant: str, store, seed: int, batch_rows: int = 1024) -> I
     """The training batches of a variant, both from the store's own reader over every row:
     ``fast`` in sequence order (sequential mode), ``shuffled`` shuffled."""
     if variant not in VARIANTS:
-        raise ValueError(f"unknown training variant {variant!r}; expected one of {VARIANTS}")
+        raise UsageError(f"unknown training variant {variant!r}; expected one of {VARIANTS}")
     if variant == "fast":
         return store.batches(batch_rows, sequential=True, loop=True)
     return store.batches(batch_rows, seed=seed, shuffle=True, loop=True)
@@ -159,8 +150,8 @@ def variant_batches(variant: str, store, seed: int, batch_rows: int = 1024) -> I
 
 def train_variant(variant: str, store, hook: str, n_latents: int, k: int, samples: int, seed: int,
                   run_dir: Path, model_name: str, conversations: int):
-    from ..sae import SAEConfig
-    from ..train import TrainConfig, original_defaults, train_sae
+    from ...sae import SAEConfig
+    from ...train import TrainConfig, original_defaults, train_sae
 
     batches = variant_batches(variant, store, seed)
     tokens = "every token, special ones included, whole sequences in order" if variant == "fast" else \
@@ -180,10 +171,10 @@ def build_concepts(sae, vqa, out: Path | None = None, per_class: int = 200, cali
     images, all asked the same training category questions; then each class's unlearning
     setting calibrated on other training images (category questions on the class's images;
     category and footwear questions on the other classes')."""
-    from ..control.sauce import calibrate_unlearning, select_concepts
-    from . import captions
-    from .data import load_fashion_mnist
-    from .vqa import fashion_images_to_pil
+    from ...control.sauce import calibrate_unlearning, select_concepts
+    from .. import captions
+    from ..data import load_fashion_mnist
+    from ..vqa import fashion_images_to_pil
 
     images, labels = load_fashion_mnist("train")
     g = torch.Generator().manual_seed(seed + 1)
@@ -210,26 +201,13 @@ def build_concepts(sae, vqa, out: Path | None = None, per_class: int = 200, cali
     return cs
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=None, help=f"output folder (default: assets/zoo/{SAE_DIR})")
-    parser.add_argument("--layer", type=int, default=LAYER, help=f"Llama decoder layer to hook (default: {LAYER})")
-    parser.add_argument("--n-latents", type=int, default=1024)
-    parser.add_argument("--k", type=int, default=16)
-    parser.add_argument("--conversations", type=int, default=12_000, help="training conversations (one per train image)")
-    parser.add_argument("--heldout", type=int, default=2_000, help="held-out conversations for the FVU comparison")
-    parser.add_argument("--samples", type=int, default=1_500_000, help="training rows per variant")
-    parser.add_argument("--variants", default="fast,shuffled", help="comma-separated variants to train and compare")
-    parser.add_argument("--ship", choices=["best", *VARIANTS], default="fast",
-                        help="which variant to save in --out (default fast; best: lowest held-out FVU over all tokens)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--concepts-only", action="store_true", help="keep the SAE in --out, rebuild its concept set")
-    args = parser.parse_args(argv)
+def build(args) -> int:
+    """The run ``visionsae zoo vqa-sae`` starts, from its parsed flags."""
     torch.set_num_threads(1)
 
-    from ..sae import SparseAutoencoder
-    from ..sources.vlm import decoder_layers_path
-    from . import VQA_DIR, load_fashion_vqa, zoo_dir
+    from ...sae import SparseAutoencoder
+    from ...sources.vlm import decoder_layers_path
+    from .. import VQA_DIR, load_fashion_vqa, zoo_dir
 
     out = Path(args.out) if args.out else zoo_dir() / SAE_DIR
     vqa = load_fashion_vqa()
@@ -269,5 +247,9 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the same as `visionsae zoo vqa-sae`
+    import sys
+
+    from ...commands import main
+
+    sys.exit(main(["zoo", "vqa-sae", *sys.argv[1:]]))

@@ -14,28 +14,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-
-PROMPTS = (
-    "a photo of a sneaker",
-    "running shoes on a white background",
-    "athletic shoes for jogging",
-    "a snapshot of a pair of sneakers",
-    "a photo of an ankle boot",
-    "a photo of a sandal",
-    "a blurry photo of a handbag",
-    "a dress on a white background",
-    "a snapshot of a pullover",
-    "a thumbnail showing trousers",
-)
+from ..errors import UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--erase", default="sneaker", help="comma-separated zoo classes to erase (default: sneaker)")
+    from ..zoo.settings import DEMO_ERASE
+
+    erase = ",".join(DEMO_ERASE)
+    parser.add_argument("--erase", default=erase, help=f"comma-separated zoo classes to erase (default: {erase})")
     parser.add_argument("--prompt", action="append", default=None, help="a prompt (repeat; default: ten prompts across classes)")
     parser.add_argument("--out-dir", default="runs/demo", help="where demo.png and decisions.json go (default: runs/demo)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first image; prompt i uses seed + i")
-    from .zoo.text_sae import add_erase_arguments
+    from ._args import add_erase_arguments
 
     add_erase_arguments(parser)
     parser.add_argument("--planted", action="store_true", help="train an SAE on planted data and report what it recovered")
@@ -43,8 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_planted(out_dir: str, seed: int = 0, samples: int = 300_000) -> int:
     """Train a TopK SAE on planted-feature data and print what it recovered."""
-    from .eval.planted import evaluate_rule
-    from .planted import PlantedConfig
+    from ..eval.planted import evaluate_rule
+    from ..planted import PlantedConfig
 
     planted = PlantedConfig(seed=seed)
     print(f"Planted data: {planted.n_true} true directions in {planted.d_in} dimensions, ~{planted.mean_active:g} "
@@ -59,28 +49,27 @@ def run_planted(out_dir: str, seed: int = 0, samples: int = 300_000) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .errors import check_writable_dir
+    from ..errors import check_writable_dir
 
     check_writable_dir(args.out_dir, "--out-dir")  # before any model is loaded or trained
     if args.planted:
         return run_planted(args.out_dir, args.seed)
     from pathlib import Path
 
-    import numpy as np
     import torch
 
     from visionsae.pipelines.itd import ItDStableDiffusionPipeline
 
-    from .eval.erasure import _grid, nchw
-    from .sae.io import atomic_write_bytes
-    from .zoo import CLASS_NAMES, load_fashion_judge, load_fashion_pipeline, zoo_dir
-    from .zoo.text_sae import SAE_DIR
+    from ..eval.erasure import _grid, nchw
+    from ..sae.io import atomic_write_bytes
+    from ..zoo import CLASS_NAMES, load_fashion_judge, load_fashion_pipeline, zoo_dir
+    from ..zoo.settings import DEMO_PROMPTS, TEXT_SAE_DIR as SAE_DIR
 
     names = [n.strip() for n in args.erase.split(",") if n.strip()]
     unknown = [n for n in names if n not in CLASS_NAMES]
     if unknown:
-        raise ValueError(f"unknown classes {unknown}; the zoo's classes are {list(CLASS_NAMES)}")
-    prompts = args.prompt or list(PROMPTS)
+        raise UsageError(f"unknown classes {unknown}; the zoo's classes are {list(CLASS_NAMES)}")
+    prompts = args.prompt or list(DEMO_PROMPTS)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     how = "zeroing" if args.mode == "zero" else f"scaling by {args.value:g}"
@@ -112,13 +101,3 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_bytes(out / "decisions.json", json.dumps(records, indent=2).encode())
     print(f"\nbefore | after grid: {out / 'demo.png'}\ndecisions: {out / 'decisions.json'}")
     return 0
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(prog="visionsae demo", description=__doc__)
-    add_arguments(parser)
-    return run(parser.parse_args())
-
-
-if __name__ == "__main__":
-    sys.exit(main())

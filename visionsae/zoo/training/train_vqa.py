@@ -1,6 +1,6 @@
 """Train the zoo's fashion VQA model (a transformers LlavaForConditionalGeneration).
 
-    python -m visionsae.zoo.train_vqa --out assets/zoo/fashion-vqa
+    visionsae zoo train-vqa --out assets/zoo/fashion-vqa
 
 Two stages, as LLaVA trains (one checkpoint in ``--workdir``; rerun the command to resume):
 
@@ -19,7 +19,6 @@ core of this 2-core CPU.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import shutil
@@ -30,11 +29,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import captions
-from .checkpoint import load_state, save_state, seed_everything
-from .data import load_fashion_mnist
+from .. import captions
+from ..checkpoint import load_state, save_state, seed_everything
+from ..data import load_fashion_mnist
 from .train_judge import random_shift
-from .vqa import CHAT_TEMPLATE, CHAT_TEMPLATE_FILE, IMAGE_TOKEN, PROCESSOR_CONFIG, FashionVQA, build_processor, fashion_images_to_pil, load_vqa_tokenizer
+from ..vqa import CHAT_TEMPLATE, CHAT_TEMPLATE_FILE, IMAGE_TOKEN, PROCESSOR_CONFIG, FashionVQA, build_processor, fashion_images_to_pil, load_vqa_tokenizer
+from ...errors import UsageError
 
 IMAGE_SIZE, PATCH_SIZE = 28, 7
 PIXEL_MEAN, PIXEL_STD = 0.2860, 0.3530  # Fashion-MNIST train pixels in [0, 1]
@@ -62,7 +62,7 @@ def minilm_embeddings(vocab_size: int, width: int, std: float = 0.02) -> torch.T
     MiniLM's vocabulary (``<image>``) are zero (the image features replace them)."""
     from safetensors import safe_open
 
-    from .t2i import minilm_path
+    from ..t2i import minilm_path
 
     with safe_open(str(Path(minilm_path()) / "model.safetensors"), framework="pt") as f:
         words = f.get_tensor("embeddings.word_embeddings.weight").float()  # (30522, 384)
@@ -89,23 +89,6 @@ def pixel_values(images: torch.Tensor) -> torch.Tensor:
     return x[:, None].expand(-1, 3, -1, -1)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="assets/zoo/fashion-vqa", help="where the model folder is written")
-    parser.add_argument("--workdir", default="runs/zoo/fashion-vqa", help="checkpoint (resumes when present)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--vision-steps", type=int, default=5000)
-    parser.add_argument("--vision-batch-size", type=int, default=128)
-    parser.add_argument("--vision-lr", type=float, default=2e-3)
-    parser.add_argument("--lm-steps", type=int, default=3000)
-    parser.add_argument("--lm-batch-size", type=int, default=64)
-    parser.add_argument("--lm-lr", type=float, default=2e-3)
-    parser.add_argument("--tower-lr-scale", type=float, default=0.1, help="stage-2 learning rate of the vision tower, relative to --lm-lr")
-    parser.add_argument("--shift", type=int, default=2, help="random translation of training images, in pixels")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: same result on any machine, and fastest on a shared one)")
-    parser.add_argument("--checkpoint-every", type=int, default=100)
-    parser.add_argument("--max-steps", type=int, default=None, help="stop the current stage after this many steps (to time a run)")
-    return parser.parse_args(argv)
 
 
 _RUN_ONLY = ("out", "workdir", "checkpoint_every", "max_steps")
@@ -179,10 +162,10 @@ class SequenceBuilder:
         return input_ids, mask, labels
 
 
-def main(argv: list[str] | None = None) -> int:
+def train(args) -> int:
+    """The run ``visionsae zoo train-vqa`` starts, from its parsed flags."""
     from transformers import LlavaForConditionalGeneration
 
-    args = parse_args(argv)
     seed_everything(args.seed, args.threads)
     workdir = Path(args.workdir)
     state_file = workdir / "state.safetensors"
@@ -211,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     state = load_state(state_file)
     if state is not None:
         if state["args"] != run_args:
-            raise ValueError(f"{state_file} was written with other arguments {state['args']}; delete {workdir} or pass the same ones")
+            raise UsageError(f"{state_file} was written with other arguments {state['args']}; delete {workdir} or pass the same ones")
         model.load_state_dict(state["model"])
         head.load_state_dict(state["head"])
         vision_opt.load_state_dict(state["vision_opt"])
@@ -375,5 +358,9 @@ def export(out: str | Path, model, processor, progress: dict) -> None:
     print(f"wrote {out}")
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # the same as `visionsae zoo train-vqa`
+    import sys
+
+    from ...commands import main
+
+    sys.exit(main(["zoo", "train-vqa", *sys.argv[1:]]))

@@ -21,15 +21,13 @@ Images are drawn at seeds from :data:`IMAGE_SEED` on, apart from the attacks' (0
 prompt, template or noun phrase of ``calibrate`` or ``evaluate`` is used, so the thresholds are
 still set on calibrate and every figure still comes from evaluate.
 
-    python -m visionsae.zoo.harden --out assets/zoo/fashion-text-sae/hardening.json
+    visionsae zoo harden --out assets/zoo/fashion-text-sae/hardening.json
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
-import sys
 import time
 from pathlib import Path
 
@@ -45,11 +43,11 @@ def variants(pipe, label: int, seeds: int, seed: int = 0, progress: bool = True)
     kind of :data:`KINDS` per seed prompt (see the module docstring)."""
     from tqdm.auto import tqdm
 
-    from ..attack.concept_vector import ConceptVectorConfig, carrier_prompt, concept_direction
-    from ..attack.text import transformations
-    from ..attack.whitebox import word_token_ids
-    from .captions import CLASS_NAMES
-    from .prompt_families import class_pairs, class_words, concept_prompts
+    from ...attack.concept_vector import ConceptVectorConfig, carrier_prompt, concept_direction
+    from ...attack.text import transformations
+    from ...attack.whitebox import word_token_ids
+    from ..captions import CLASS_NAMES
+    from ..prompt_families import class_pairs, class_words, concept_prompts
 
     name = CLASS_NAMES[label]
     rng = random.Random(f"{seed}-harden-{name}")
@@ -80,8 +78,8 @@ def variants(pipe, label: int, seeds: int, seed: int = 0, progress: bool = True)
 def label_by_stock(pipe, judge, rows: list[dict], batch: int = 32, seeds=None) -> list[dict]:
     """Each row's ``drawn_as``: the class the judge sees in the stock pipeline's image of its
     prompt, the i-th drawn at ``seeds[i]`` (default ``IMAGE_SEED + i``), as ``image_seed``."""
-    from .captions import CLASS_NAMES
-    from .t2i import draw, nchw
+    from ..captions import CLASS_NAMES
+    from ..t2i import draw, nchw
 
     seeds = list(seeds) if seeds is not None else [IMAGE_SEED + i for i in range(len(rows))]
     images, _ = draw(pipe, [r["prompt"] for r in rows], seeds, dict(pipe.zoo_settings), batch=batch)
@@ -99,20 +97,17 @@ def positives(path: str | Path) -> dict[str, list[str]]:
     return out
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=None, help=f"output JSON (default: the zoo's fashion-text-sae/{FILE})")
-    parser.add_argument("--seeds", type=int, default=40, help="select-family seed prompts per class (default: 40)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
+def harden(args) -> int:
+    """The run ``visionsae zoo harden`` starts, from its parsed flags."""
     if args.seeds < 1:
-        parser.error(f"--seeds must be at least 1, got {args.seeds}")
+        from ...errors import UsageError
+
+        raise UsageError(f"--seeds must be at least 1, got {args.seeds}")
     torch.set_num_threads(args.threads)
 
-    from ..sae.io import atomic_write_bytes
-    from . import load_fashion_judge, load_fashion_pipeline, zoo_dir
-    from .captions import NUM_CLASSES
+    from ...sae.io import atomic_write_bytes
+    from .. import load_fashion_judge, load_fashion_pipeline, zoo_dir
+    from ..captions import NUM_CLASSES
     from .text_sae import SAE_DIR
 
     out = Path(args.out) if args.out else zoo_dir() / SAE_DIR / FILE
@@ -130,5 +125,9 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the same as `visionsae zoo harden`
+    import sys
+
+    from ...commands import main
+
+    sys.exit(main(["zoo", "harden", *sys.argv[1:]]))

@@ -17,7 +17,6 @@ thresholds of a set (``itd`` / ``mean_diff`` scores) on held-out files.
 from __future__ import annotations
 
 import argparse
-import random
 
 
 def _source_args(p: argparse.ArgumentParser) -> None:
@@ -56,23 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--out", default=None, help="where to write the calibrated set (default: over --concepts)")
 
 
-def read_prompts(path: str) -> list[str]:
-    from pathlib import Path
-
-    from ..errors import InputNotFoundError, UsageError
-    from ..sources.loading import read_text_lines
-
-    p = Path(path)
-    if not p.is_file():
-        raise InputNotFoundError(f"prompt file {p} does not exist")
-    prompts = [line.strip() for line in read_text_lines(p) if line.strip()]
-    if not prompts:
-        raise UsageError(f"prompt file {p} holds no prompts")
-    return prompts
-
-
 def _pairs(items: list[str], flag: str) -> dict[str, list[str]]:
     from ..errors import UsageError
+    from ..sources.loading import read_prompts
 
     out = {}
     for item in items:
@@ -86,7 +71,7 @@ def _pairs(items: list[str], flag: str) -> dict[str, list[str]]:
 def _split(prompts: list[str], fractions, seed: int, name: str, others) -> tuple[list[list[str]], str]:
     """``prompts`` split by template; the template words are those the ``others`` files share."""
     from ..errors import UsageError
-    from .split import split_by_skeleton, words_of
+    from ..concepts.split import split_by_skeleton, words_of
 
     try:
         return split_by_skeleton(prompts, fractions, seed, name, frame=words_of([p for ps in others for p in ps]))
@@ -152,9 +137,10 @@ def test_report(sae, src, cs, test: dict[str, list[str]], keep_test: list[str], 
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import UsageError, check_writable_file
-    from .build import build_concept_set, build_linear_concept_set, score_prompts
-    from .classifier import calibrate
-    from .conceptset import ConceptSet
+    from ..sources.loading import read_prompts
+    from ..concepts.build import build_concept_set, build_linear_concept_set, score_prompts
+    from ..concepts.classifier import calibrate
+    from ..concepts.conceptset import ConceptSet
 
     check_writable_file(args.out or args.concepts, "--out")  # before the prompts are encoded
     sae, src = _source(args)

@@ -1,6 +1,6 @@
 """Train the zoo's judge: a small CNN classifier of Fashion-MNIST.
 
-    python -m visionsae.zoo.train_judge --out assets/zoo/judge
+    visionsae zoo train-judge --out assets/zoo/judge
 
 Seeded and deterministic (same seed and thread count, same weights); a progress bar; resumable:
 the training state is checkpointed to ``--checkpoint`` every ``--checkpoint-every`` steps and
@@ -9,7 +9,6 @@ a rerun with the same arguments continues from it. About 10 minutes of CPU time 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -19,28 +18,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .checkpoint import load_state, save_state, seed_everything
-from .data import load_fashion_mnist
-from .judge import FashionJudge, JudgeConfig
+from ..checkpoint import load_state, save_state, seed_everything
+from ..data import load_fashion_mnist
+from ..judge import FashionJudge, JudgeConfig
+from ...errors import UsageError
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="assets/zoo/judge", help="where the trained judge is written")
-    parser.add_argument("--checkpoint", default="runs/zoo/judge/state.safetensors", help="training state file (resumes when present)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=7)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--weight-decay", type=float, default=5e-4)
-    parser.add_argument("--label-smoothing", type=float, default=0.05)
-    parser.add_argument("--shift", type=int, default=2, help="random translation of training images, in pixels")
-    parser.add_argument("--blur", type=float, default=0.5, help="share of training images blurred")
-    parser.add_argument("--max-blur-sigma", type=float, default=1.0, help="largest Gaussian blur sigma, in pixels")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: same result on any machine, and fastest on a shared one)")
-    parser.add_argument("--checkpoint-every", type=int, default=300)
-    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (to time a run)")
-    return parser.parse_args(argv)
 
 
 _RUN_ONLY = ("out", "checkpoint", "max_steps", "checkpoint_every")  # may change between resumed runs
@@ -91,8 +74,8 @@ def evaluate(model: FashionJudge, images: torch.Tensor, labels: torch.Tensor) ->
     return (model.predict(images) == labels).float().mean().item()
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def train(args) -> int:
+    """The run ``visionsae zoo train-judge`` starts, from its parsed flags."""
     seed_everything(args.seed, args.threads)
     train_images, train_labels = load_fashion_mnist("train")
     test_images, test_labels = load_fashion_mnist("test")
@@ -112,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     state = load_state(args.checkpoint)
     if state is not None:
         if state["args"] != {k: v for k, v in vars(args).items() if k not in _RUN_ONLY}:
-            raise ValueError(f"{args.checkpoint} was written with other arguments {state['args']}; delete it or pass the same ones")
+            raise UsageError(f"{args.checkpoint} was written with other arguments {state['args']}; delete it or pass the same ones")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
@@ -173,5 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # the same as `visionsae zoo train-judge`
+    import sys
+
+    from ...commands import main
+
+    sys.exit(main(["zoo", "train-judge", *sys.argv[1:]]))

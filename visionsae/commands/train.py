@@ -11,9 +11,9 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..cli import add_dataclass_arguments
+    from ._args import add_dataclass_arguments
     from ..sae.config import SAEConfig
-    from .config import TrainConfig
+    from ..train.config import TrainConfig
 
     data = parser.add_argument_group("data")
     src = data.add_mutually_exclusive_group(required=True)
@@ -32,10 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from ..cli import CLIError, dataclass_from_args
+    from ._args import CLIError, dataclass_from_args
     from ..sae.config import SAEConfig
-    from .config import TrainConfig
-    from .trainer import NonFiniteBatchError, Trainer
+    from ..train.config import TrainConfig
+    from ..train.trainer import NonFiniteBatchError, Trainer
 
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be positive, got {args.batch_size}")

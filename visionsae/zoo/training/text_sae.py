@@ -9,46 +9,26 @@ calibrated on ``calibrate`` (:func:`visionsae.concepts.build.build_linear_concep
 Nothing of the ``evaluate`` family, which ``visionsae eval erasure`` measures on, chose
 anything here.
 
-    python -m visionsae.zoo.text_sae --out assets/zoo/fashion-text-sae
+    visionsae zoo text-sae --out assets/zoo/fashion-text-sae
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-# The last of MiniLM's six layers, which the UNet reads. Against layer 3 (two thirds deep, as ItD
-# hooks CLIP layer 8 of 12) the classifier's held-out recall on the calibrate family at the same
-# false-positive cap was higher, and an edit there cannot be rebuilt by later layers (at layer 3
-# zeroing the features left 67% of sneaker prompts drawn as sneakers). See the README.
-HOOK = "encoder.layer.5"
-SAE_DIR = "fashion-text-sae"
-# How ItD deactivates a flagged class on the zoo, chosen on the calibrate family: with
-# `visionsae eval erasure --family calibrate --per-kind 4 --value V`, -1 left 3.2% of the flagged
-# sneaker / bag / trouser prompts drawn as the erased class, -2 and -3 none; -2 is the weakest
-# that erased them all (see the README).
-ERASE_MODE = "scale"
-ERASE_VALUE = -2.0
+from ..settings import TEXT_HOOK as HOOK, TEXT_SAE_DIR as SAE_DIR
+
 MAX_FPR = 0.01  # each calibrate group (other classes, near misses, generic) flags at most this share
 L1 = 3e-4
 
 
-def add_erase_arguments(parser: argparse.ArgumentParser) -> None:
-    """--mode / --value of an ItD edit on the zoo, with the zoo's measured defaults."""
-    parser.add_argument("--mode", choices=["zero", "scale"], default=ERASE_MODE,
-                        help=f"deactivate by zeroing the features or scaling them by --value (default: {ERASE_MODE})")
-    parser.add_argument("--value", type=float, default=ERASE_VALUE,
-                        help=f"factor of --mode scale (default: {ERASE_VALUE:g}, chosen on the calibrate prompt family)")
-
-
 def family_prompts(family: str, label: int) -> list[str]:
     """Every positive prompt of class ``label`` in ``family`` (all kinds)."""
-    from .prompt_families import concept_prompts
+    from ..prompt_families import concept_prompts
 
     return [p for ps in concept_prompts(label, family).values() for p in ps]
 
@@ -56,8 +36,8 @@ def family_prompts(family: str, label: int) -> list[str]:
 def corpus(seed: int = 0, n_generic: int = 3000) -> list[str]:
     """The SAE's training prompts: the ``select`` family of every class, its near misses, and
     ``n_generic`` generic prompts of that family."""
-    from .captions import NUM_CLASSES
-    from .prompt_families import generic_prompts, near_miss_prompts
+    from ..captions import NUM_CLASSES
+    from ..prompt_families import generic_prompts, near_miss_prompts
 
     prompts = [p for c in range(NUM_CLASSES) for p in family_prompts("select", c)]
     prompts += [p for c in range(NUM_CLASSES) for p in near_miss_prompts(c, "select")]
@@ -67,8 +47,8 @@ def corpus(seed: int = 0, n_generic: int = 3000) -> list[str]:
 
 def text_source(pipe=None, hook: str = HOOK):
     """A TextEncoderSource on the zoo pipeline's MiniLM at ``hook`` (tokenised as the pipeline)."""
-    from ..sources.text import TextEncoderSource
-    from .t2i import load_minilm_text_encoder, load_minilm_tokenizer
+    from ...sources.text import TextEncoderSource
+    from ..t2i import load_minilm_text_encoder, load_minilm_tokenizer
 
     if pipe is not None:
         return TextEncoderSource(pipe.text_encoder, pipe.tokenizer, hook)
@@ -80,9 +60,9 @@ def build_concepts(sae, src, max_fpr: float = MAX_FPR, l1: float = L1, progress:
     :mod:`visionsae.zoo.harden` file, its attack-style select-family prompts the stock pipeline
     draws as each class too), calibrated on ``calibrate``."""
     from .harden import positives
-    from ..concepts.build import build_linear_concept_set
-    from .captions import CLASS_NAMES, NUM_CLASSES
-    from .prompt_families import generic_prompts, near_miss_prompts
+    from ...concepts.build import build_linear_concept_set
+    from ..captions import CLASS_NAMES, NUM_CLASSES
+    from ..prompt_families import generic_prompts, near_miss_prompts
 
     names = [CLASS_NAMES[c] for c in range(NUM_CLASSES)]
     return build_linear_concept_set(
@@ -105,8 +85,8 @@ def summary(cs) -> dict:
 
 def train_text_sae(src, n_latents: int, k: int, samples: int, seed: int, run_dir: Path):
     """A TopK SAE on every token of :func:`corpus` (padding included: the UNet sees it)."""
-    from ..sae import SAEConfig
-    from ..train import TrainConfig, original_defaults, train_sae
+    from ...sae import SAEConfig
+    from ...train import TrainConfig, original_defaults, train_sae
 
     prompts = corpus(seed)
     start = time.perf_counter()
@@ -127,22 +107,11 @@ def train_text_sae(src, n_latents: int, k: int, samples: int, seed: int, run_dir
                      batches())  # run_dir is this script's scratch folder: a rerun replaces it
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=None, help="output folder (default: assets/zoo/fashion-text-sae)")
-    parser.add_argument("--hook", default=HOOK, help=f"MiniLM module to hook (default: {HOOK})")
-    parser.add_argument("--n-latents", type=int, default=2048)
-    parser.add_argument("--k", type=int, default=16)
-    parser.add_argument("--samples", type=int, default=400_000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--concepts-only", action="store_true", help="keep the SAE in --out, rebuild its concept set")
-    parser.add_argument("--hardening", default=None,
-                        help="a `python -m visionsae.zoo.harden` file whose positives join the fit (default: --out's "
-                             "hardening.json when it exists; 'none': without)")
-    args = parser.parse_args(argv)
+def build(args) -> int:
+    """The run ``visionsae zoo text-sae`` starts, from its parsed flags."""
 
-    from ..sae import SparseAutoencoder
-    from . import zoo_dir
+    from ...sae import SparseAutoencoder
+    from .. import zoo_dir
 
     out = Path(args.out) if args.out else zoo_dir() / SAE_DIR
     torch.manual_seed(args.seed)
@@ -173,5 +142,9 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the same as `visionsae zoo text-sae`
+    import sys
+
+    from ...commands import main
+
+    sys.exit(main(["zoo", "text-sae", *sys.argv[1:]]))

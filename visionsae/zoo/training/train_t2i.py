@@ -1,6 +1,6 @@
 """Train the zoo's fashion text-to-image model (a diffusers StableDiffusionPipeline).
 
-    python -m visionsae.zoo.train_t2i --out assets/zoo/fashion-t2i
+    visionsae zoo train-t2i --out assets/zoo/fashion-t2i
 
 Three stages, one checkpoint (``--workdir``), resumable at any point by rerunning the command:
 
@@ -21,7 +21,6 @@ CPU time on one core of this 2-core CPU (longer on the clock when the machine is
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import shutil
@@ -32,10 +31,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import captions
-from .checkpoint import load_state, save_state, seed_everything
-from .data import load_fashion_mnist
-from .t2i import TOKENIZER_MAX_LENGTH, ZOO_CONFIG, build_pipeline
+from .. import captions
+from ..checkpoint import load_state, save_state, seed_everything
+from ..data import load_fashion_mnist
+from ..t2i import TOKENIZER_MAX_LENGTH, ZOO_CONFIG, build_pipeline
+from ...errors import UsageError
 
 IMAGE_SIZE = 32
 GUIDANCE_SCALE = 7.5  # the sampling default written to zoo.json (also diffusers' default); see the model card
@@ -78,25 +78,6 @@ def train_scheduler_config() -> dict:
                 prediction_type="epsilon", clip_sample=False, steps_offset=1)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="assets/zoo/fashion-t2i", help="where the pipeline folder is written")
-    parser.add_argument("--workdir", default="runs/zoo/fashion-t2i", help="checkpoint and caches (resumes when present)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--vae-steps", type=int, default=1200)
-    parser.add_argument("--vae-batch-size", type=int, default=64)
-    parser.add_argument("--vae-lr", type=float, default=1e-3)
-    parser.add_argument("--kl-weight", type=float, default=1e-6)
-    parser.add_argument("--unet-steps", type=int, default=3000)
-    parser.add_argument("--unet-batch-size", type=int, default=128)
-    parser.add_argument("--unet-lr", type=float, default=1e-3)
-    parser.add_argument("--caption-dropout", type=float, default=0.1, help="probability of training on the empty prompt")
-    parser.add_argument("--min-snr-gamma", type=float, default=5.0)
-    parser.add_argument("--ema-decay", type=float, default=0.999)
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: same result on any machine, and fastest on a shared one)")
-    parser.add_argument("--checkpoint-every", type=int, default=100)
-    parser.add_argument("--max-steps", type=int, default=None, help="stop the current stage after this many steps (to time a run)")
-    return parser.parse_args(argv)
 
 
 _RUN_ONLY = ("out", "workdir", "checkpoint_every", "max_steps")
@@ -134,10 +115,10 @@ def check_finite(loss: torch.Tensor, what: str, step: int) -> None:
         raise FloatingPointError(f"{what} loss is {loss.item()} at step {step}; not saving a broken checkpoint")
 
 
-def main(argv: list[str] | None = None) -> int:
+def train(args) -> int:
+    """The run ``visionsae zoo train-t2i`` starts, from its parsed flags."""
     from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
 
-    args = parse_args(argv)
     seed_everything(args.seed, args.threads)
     workdir = Path(args.workdir)
     state_file = workdir / "state.safetensors"
@@ -157,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     state = load_state(state_file)
     if state is not None:
         if state["args"] != run_args:
-            raise ValueError(f"{state_file} was written with other arguments {state['args']}; delete {workdir} or pass the same ones")
+            raise UsageError(f"{state_file} was written with other arguments {state['args']}; delete {workdir} or pass the same ones")
         vae.load_state_dict(state["vae"])
         unet.load_state_dict(state["unet"])
         ema.load_state_dict(state["ema"])
@@ -338,5 +319,9 @@ def export(out: str | Path, unet, vae, text_encoder, tokenizer, progress: dict) 
     print(f"wrote {out}")
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # the same as `visionsae zoo train-t2i`
+    import sys
+
+    from ...commands import main
+
+    sys.exit(main(["zoo", "train-t2i", *sys.argv[1:]]))

@@ -20,7 +20,7 @@ from ..errors import UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..zoo.text_sae import ERASE_MODE, ERASE_VALUE
+    from ..zoo.settings import ERASE_MODE, ERASE_VALUE
 
     parser.add_argument("--model", default="zoo", help="'zoo' (the embedded fashion model), a diffusers folder or a Hugging Face id (default: zoo)")
     parser.add_argument("--sae", default=None, help="SAE folder for the (first) text encoder (default for the zoo: assets/zoo/fashion-text-sae)")
@@ -63,8 +63,6 @@ def run(args: argparse.Namespace) -> int:
     import io
     import json
     import math
-    from pathlib import Path
-
     import numpy as np
     import torch
     from PIL import Image
@@ -90,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     check_seed(args.seed, len(args.prompt))
     settings: dict = {}
     if args.model == "zoo":
-        from ..zoo.text_sae import ERASE_MODE, ERASE_VALUE
+        from ..zoo.settings import ERASE_MODE, ERASE_VALUE
 
         mode = args.mode or ERASE_MODE
         value = args.value if args.value is not None else (ERASE_VALUE if mode == "scale" else 0.0)
@@ -104,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     out = check_writable_dir(args.out, "--out")
     if args.model == "zoo":
         from ..zoo import load_fashion_pipeline, zoo_dir
-        from ..zoo.text_sae import SAE_DIR
+        from ..zoo.settings import TEXT_SAE_DIR as SAE_DIR
 
         stock = load_fashion_pipeline(device=args.device)
         settings = dict(stock.zoo_settings)
