@@ -30,7 +30,9 @@ from __future__ import annotations
 import html
 import logging
 
-from .app_backend import AppError, Asker, Auditor, Eraser, display_image, error_text, format_features, format_verdict
+from .app_audit import Auditor
+from .app_backend import AppError, Eraser, display_image, error_text, format_features, format_verdict
+from .app_vqa import Asker
 
 log = logging.getLogger("visionsae.app")
 

@@ -710,7 +710,8 @@ def test_app_reads_16_bit_png_uploads_as_the_package_does(tmp_path):
     from PIL import Image
     from skimage import data
 
-    from visionsae.demos.app_backend import AppError, Asker
+    from visionsae.demos.app_backend import AppError
+    from visionsae.demos.app_vqa import Asker
     from visionsae.sources.image import load_image
 
     path = tmp_path / "camera16.png"

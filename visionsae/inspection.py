@@ -101,6 +101,25 @@ def _merge_top(cand: list[np.ndarray], new: list[np.ndarray], n_top: int) -> lis
     return [f[keep], v[keep], i[keep], p[keep], k[keep]]
 
 
+def _row_blocks(store: ActivationStore, keep: torch.Tensor | None, max_rows: int | None, batch_size: int):
+    """(shard, start, end) of up to ``batch_size`` rows at a time, in store order, only rows of the
+    kinds in ``keep``, ``max_rows`` in all."""
+    rows = 0
+    for shard in store.iter_shards():
+        if max_rows is not None and rows >= max_rows:
+            return
+        if keep is not None:
+            shard = shard.select(torch.isin(shard.kind, keep))
+        for s in range(0, len(shard), batch_size):
+            if max_rows is not None and rows >= max_rows:
+                return
+            e = min(s + batch_size, len(shard))
+            if max_rows is not None:
+                e = min(e, s + max_rows - rows)
+            rows += e - s
+            yield shard, s, e
+
+
 @torch.no_grad()
 def inspect_store(
     sae: Any,
@@ -144,34 +163,24 @@ def inspect_store(
     total = len(store) if max_rows is None else min(max_rows, len(store))
     bar = tqdm(total=total, unit="row", desc="inspect", disable=not progress, dynamic_ncols=True)
     with bar:
-        for shard in store.iter_shards():
-            if max_rows is not None and rows >= max_rows:
-                break
-            if keep is not None:
-                shard = shard.select(torch.isin(shard.kind, keep))
-            for s in range(0, len(shard), batch_size):
-                if max_rows is not None and rows >= max_rows:
-                    break
-                e = min(s + batch_size, len(shard))
-                if max_rows is not None:
-                    e = min(e, s + max_rows - rows)
-                x = shard.acts[s:e].to(device, torch.float32)
-                code = sae.encode(x)
-                x_hat = sae.decode(code).float()
-                fvu.update(x, x_hat)
-                values, indices = code.values.float().cpu(), code.indices.cpu()
-                active = values > 0
-                l0_sum += float((code.values != 0).sum())
-                feat = indices[active]
-                val = values[active]
-                counts += torch.bincount(feat, minlength=n).double()
-                max_value = torch.maximum(max_value, torch.zeros(n).scatter_reduce(0, feat, val, "amax"))
-                row = active.nonzero()[:, 0] + s
-                new = [feat.numpy().astype(np.int64), val.numpy(), shard.input_id[row].numpy(),
-                       shard.position[row].numpy(), shard.kind[row].numpy()]
-                cand = _merge_top(cand, new, n_top)
-                rows += e - s
-                bar.update(e - s)
+        for shard, s, e in _row_blocks(store, keep, max_rows, batch_size):
+            x = shard.acts[s:e].to(device, torch.float32)
+            code = sae.encode(x)
+            x_hat = sae.decode(code).float()
+            fvu.update(x, x_hat)
+            values, indices = code.values.float().cpu(), code.indices.cpu()
+            active = values > 0
+            l0_sum += float((code.values != 0).sum())
+            feat = indices[active]
+            val = values[active]
+            counts += torch.bincount(feat, minlength=n).double()
+            max_value = torch.maximum(max_value, torch.zeros(n).scatter_reduce(0, feat, val, "amax"))
+            row = active.nonzero()[:, 0] + s
+            new = [feat.numpy().astype(np.int64), val.numpy(), shard.input_id[row].numpy(),
+                   shard.position[row].numpy(), shard.kind[row].numpy()]
+            cand = _merge_top(cand, new, n_top)
+            rows += e - s
+            bar.update(e - s)
     if rows == 0:
         raise UsageError(f"no rows{'' if kinds is None else f' of kinds {kinds!r}'} in the store at {store.path}")
     return Inspection(

@@ -9,7 +9,8 @@ from scipy.stats import binom
 
 from visionsae.audit import AuditConfig
 from visionsae.audit.inputs import read_jsonl
-from visionsae.audit.core import SetStats, _key_hashes, concept_table, group_shifts, poisson_weights
+from visionsae.audit.core import SetStats, _key_hashes, poisson_weights
+from visionsae.audit.ranking import concept_table, group_shifts
 
 
 def _stats(energy: torch.Tensor, keys: list[str], cfg: AuditConfig, groups: list[str] | None = None) -> SetStats:

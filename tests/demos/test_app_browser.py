@@ -45,7 +45,9 @@ def app(tmp_path_factory):
     torch.set_num_threads(1)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from visionsae.demos.app import build_ui, launch
-    from visionsae.demos.app_backend import Asker, Auditor, Eraser
+    from visionsae.demos.app_audit import Auditor
+    from visionsae.demos.app_backend import Eraser
+    from visionsae.demos.app_vqa import Asker
 
     eraser = Eraser.zoo()
     ui = build_ui(eraser, Asker(), Auditor(tmp_path_factory.mktemp("app-audits")))
@@ -263,7 +265,8 @@ def test_vqa_answers_about_a_sample_image_with_and_without_unlearning_and_refuse
 
 def test_unknown_concept_is_refused_by_name(app):
     """The page offers only the set's concepts; a scripted request naming another is refused."""
-    from visionsae.demos.app_backend import AppError, Asker, error_text
+    from visionsae.demos.app_backend import AppError, error_text
+    from visionsae.demos.app_vqa import Asker
 
     eraser, _ = app
     with pytest.raises(AppError, match="Unknown concept 'cat'; this model's concept set has t-shirt") as info:

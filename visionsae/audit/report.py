@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..sae import SparseAutoencoder
+from ..sae.io import atomic_write_bytes
 from ..store import ActivationStore
 
 
@@ -173,7 +174,6 @@ def write_report(result, path: str | os.PathLike, *, real, generated, sae: Spars
         sae = SparseAutoencoder.from_pretrained(sae_dir) if (sae_dir / "cfg.json").exists() else None
     heat = {n: _Heatmaps(ActivationStore.open(info["store"]), sae) if sae is not None else (lambda *_: None)
             for n, info in result.sets.items()}
-    m = cfg["top_images"]
     body = [f"<h1>Blindspot audit</h1><p>Real set <b>{html.escape(real.name)}</b> ({len(real.items)} images) against "
             + ", ".join(f"<b>{html.escape(g.name)}</b> ({len(g.items)})" for g in generated)
             + f". Concepts: the {result.sae.get('n_latents')} latents of an SAE ({html.escape(str(result.sae.get('dictionary')))} "
@@ -198,49 +198,10 @@ def write_report(result, path: str | os.PathLike, *, real, generated, sae: Spars
             if summary:
                 body.append(f"<p class='summary'>{summary}</p>")
             for rank, k in enumerate(order[: cfg["report_concepts"]], 1):
-                tiles = []
-                for set_name in (real.name, g.name):
-                    ids = [i for i, e in zip(result.top_images[set_name]["ids"][k], result.top_images[set_name]["energy"][k]) if i >= 0 and e > 0][:m]
-                    for i in ids:
-                        s = sets[set_name]
-                        cap = f"{set_name} #{i}" + (f": {s.captions[i]}" if s.captions else "")
-                        tiles.append(_tile(s.items[i], heat[set_name](i, k), cap))
-                        if set_name == real.name and side == "suppressed" and paired:
-                            # what the generator drew for the same caption
-                            for j in paired.get(real.keys[i], [])[:1]:
-                                tiles.append(_tile(g.items[j], heat[g.name](j, k), f"{g.name} #{j}, same caption"))
-                flag = "flagged" if (t["delta"][k] is not None and ((side == "suppressed" and t["delta"][k] < cfg["t_low"]) or (side == "exaggerated" and t["delta"][k] > cfg["t_high"]))) else "not flagged"
-                group = ""
-                if real.name in result.groups:
-                    gr = result.groups[real.name]
-                    tot = sum(v[k] for v in gr.values()) or 1
-                    best = max(gr, key=lambda n: gr[n][k])
-                    group = f"; real energy {gr[best][k] / tot:.0%} in group <b>{html.escape(best)}</b>"
-                where = (t.get(f"group_{side}") or [None] * (k + 1))[k]
-                if where is not None:
-                    group += (f"; {'missed' if side == 'suppressed' else 'added'} mostly for captions of group "
-                              f"<b>{html.escape(str(where))}</b>")
-                body.append(f"<div class='concept'><p>#{rank} concept {k}: delta {t['delta'][k]:.3f} "
-                            f"[{t['delta_low'][k]:.3f}, {t['delta_high'][k]:.3f}] ({flag}); E_real {t['energy_real'][k]:.3g}, "
-                            f"E_gen {t['energy_generated'][k]:.3g}; support {t['support'][k]} images{group}</p>"
-                            f"<div class='grid'>{''.join(tiles) or '<i>no image where it fires</i>'}</div></div>")
-        mem = result.memorisation[g.name]
-        body.append(f"<h3>Memorisation candidates</h3><p>{mem['flagged']} generated images far closer to one real image "
-                    f"than to the next {mem['neighbours']} (distance ratio at most {mem['ratio']}; median ratio "
-                    f"{(mem['ratio_median'] or 0):.2f}, median nearest-real cosine {(mem['nearest_similarity_median'] or 0):.3f}).</p>"
-                    "<div class='grid'>")
-        for c in mem["candidates"][: max(3, mem["flagged"])]:
-            mark = "MEMORISED? " if c["flagged"] else ""
-            body.append(_tile(g.items[c["generated"]], None, f"{mark}{g.name} #{c['generated']} (cos {c['similarity']:.3f}, ratio {c['ratio']:.2f})"))
-            body.append(_tile(real.items[c["real"]], None, f"nearest {real.name} #{c['real']}"))
-        body.append("</div>")
+                body.append(_concept_section(result, t, side, rank, k, real, g, sets, heat, paired))
+        body.append(_memorisation_section(result.memorisation[g.name], real, g))
     if result.correlations:
-        def fmt(v):
-            return "-" if v is None else f"{v:.3f}"
-
-        rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v['concepts']}</td><td>{fmt(v['pearson'])}</td>"
-                       f"<td>{fmt(v['spearman'])}</td></tr>" for k, v in result.correlations.items())
-        body.append(f"<h2>Deltas across generators</h2><table><tr><th>pair</th><th>concepts</th><th>Pearson</th><th>Spearman</th></tr>{rows}</table>")
+        body.append(_correlations_section(result.correlations))
     style = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}figure{display:inline-block;margin:3px;"
              "text-align:center;font-size:10px;max-width:200px}figure img{image-rendering:pixelated;margin:1px}"
              ".grid{display:flex;flex-wrap:wrap}.concept{border-top:1px solid #ddd;margin-top:6px}.plots svg{margin-right:20px}"
@@ -248,7 +209,60 @@ def write_report(result, path: str | os.PathLike, *, real, generated, sae: Spars
     doc = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Blindspot audit</title><style>{style}</style></head>"
            f"<body>{''.join(body)}</body></html>")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(doc, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, doc.encode("utf-8"))
     return path
+
+
+def _concept_section(result, t: dict, side: str, rank: int, k: int, real, g, sets: dict, heat: dict, paired: dict) -> str:
+    """One ranked concept: its figures and its top images in both sets (for a suppressed concept,
+    beside each real image what the generator drew for the same caption)."""
+    cfg, m = result.config, result.config["top_images"]
+    tiles = []
+    for set_name in (real.name, g.name):
+        ids = [i for i, e in zip(result.top_images[set_name]["ids"][k], result.top_images[set_name]["energy"][k]) if i >= 0 and e > 0][:m]
+        for i in ids:
+            s = sets[set_name]
+            cap = f"{set_name} #{i}" + (f": {s.captions[i]}" if s.captions else "")
+            tiles.append(_tile(s.items[i], heat[set_name](i, k), cap))
+            if set_name == real.name and side == "suppressed" and paired:
+                # what the generator drew for the same caption
+                for j in paired.get(real.keys[i], [])[:1]:
+                    tiles.append(_tile(g.items[j], heat[g.name](j, k), f"{g.name} #{j}, same caption"))
+    flag = "flagged" if (t["delta"][k] is not None and ((side == "suppressed" and t["delta"][k] < cfg["t_low"]) or (side == "exaggerated" and t["delta"][k] > cfg["t_high"]))) else "not flagged"
+    group = ""
+    if real.name in result.groups:
+        gr = result.groups[real.name]
+        tot = sum(v[k] for v in gr.values()) or 1
+        best = max(gr, key=lambda n: gr[n][k])
+        group = f"; real energy {gr[best][k] / tot:.0%} in group <b>{html.escape(best)}</b>"
+    where = (t.get(f"group_{side}") or [None] * (k + 1))[k]
+    if where is not None:
+        group += (f"; {'missed' if side == 'suppressed' else 'added'} mostly for captions of group "
+                  f"<b>{html.escape(str(where))}</b>")
+    return (f"<div class='concept'><p>#{rank} concept {k}: delta {t['delta'][k]:.3f} "
+            f"[{t['delta_low'][k]:.3f}, {t['delta_high'][k]:.3f}] ({flag}); E_real {t['energy_real'][k]:.3g}, "
+            f"E_gen {t['energy_generated'][k]:.3g}; support {t['support'][k]} images{group}</p>"
+            f"<div class='grid'>{''.join(tiles) or '<i>no image where it fires</i>'}</div></div>")
+
+
+def _memorisation_section(mem: dict, real, g) -> str:
+    """The memorisation candidates of generator ``g``: each beside its nearest real image."""
+    out = [f"<h3>Memorisation candidates</h3><p>{mem['flagged']} generated images far closer to one real image "
+           f"than to the next {mem['neighbours']} (distance ratio at most {mem['ratio']}; median ratio "
+           f"{(mem['ratio_median'] or 0):.2f}, median nearest-real cosine {(mem['nearest_similarity_median'] or 0):.3f}).</p>"
+           "<div class='grid'>"]
+    for c in mem["candidates"][: max(3, mem["flagged"])]:
+        mark = "MEMORISED? " if c["flagged"] else ""
+        out.append(_tile(g.items[c["generated"]], None, f"{mark}{g.name} #{c['generated']} (cos {c['similarity']:.3f}, ratio {c['ratio']:.2f})"))
+        out.append(_tile(real.items[c["real"]], None, f"nearest {real.name} #{c['real']}"))
+    out.append("</div>")
+    return "".join(out)
+
+
+def _correlations_section(correlations: dict) -> str:
+    def fmt(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v['concepts']}</td><td>{fmt(v['pearson'])}</td>"
+                   f"<td>{fmt(v['spearman'])}</td></tr>" for k, v in correlations.items())
+    return f"<h2>Deltas across generators</h2><table><tr><th>pair</th><th>concepts</th><th>Pearson</th><th>Spearman</th></tr>{rows}</table>"

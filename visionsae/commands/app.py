@@ -30,7 +30,9 @@ def run(args: argparse.Namespace) -> int:
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from ..demos.app import build_ui, launch
-    from ..demos.app_backend import Asker, Auditor, Eraser
+    from ..demos.app_audit import Auditor
+    from ..demos.app_backend import Eraser
+    from ..demos.app_vqa import Asker
     from ..sources.loading import read_prompts
 
     labels = read_prompts(args.label_prompts) if args.label_prompts else None

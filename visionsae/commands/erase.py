@@ -60,20 +60,27 @@ def check_seed(seed: int, count: int = 1, flag: str = "--seed") -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import io
-    import json
-    import math
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    from visionsae.pipelines.itd import ItDStableDiffusionPipeline
-
     from ..errors import check_writable_dir
-    from ..sae.io import atomic_write_bytes
-    from ..sources.text import check_prompt_text
 
     # every check that needs no model first: a mistake costs no pipeline load
+    erase, mode, value = _checked(args)
+    out = check_writable_dir(args.out, "--out")
+    pipe, settings = _pipeline(args, erase, mode, value)
+    if args.steps is not None:
+        settings["num_inference_steps"] = args.steps
+    if args.guidance_scale is not None:
+        settings["guidance_scale"] = args.guidance_scale
+    results = _generate(pipe, args, settings, mode, value)
+    _write(results, out)  # only once every image is good: no folder of half the results
+    return 0
+
+
+def _checked(args: argparse.Namespace) -> tuple[list[str] | None, str, float]:
+    """The concepts to erase and the edit (mode, value), every flag checked; nothing loaded."""
+    import math
+
+    from ..sources.text import check_prompt_text
+
     erase = [s.strip() for s in args.erase.split(",")] if args.erase else None
     if erase is not None and not all(erase):
         raise UsageError(f"--erase {args.erase!r}: expected comma-separated concept names")
@@ -86,7 +93,6 @@ def run(args: argparse.Namespace) -> int:
     if args.guidance_scale is not None and not math.isfinite(args.guidance_scale):
         raise UsageError(f"--guidance-scale must be a finite number, got {args.guidance_scale}")
     check_seed(args.seed, len(args.prompt))
-    settings: dict = {}
     if args.model == "zoo":
         from ..zoo.settings import ERASE_MODE, ERASE_VALUE
 
@@ -99,42 +105,50 @@ def run(args: argparse.Namespace) -> int:
     if mode == "zero" and args.value is not None:
         raise UsageError(f"--value {args.value:g} is the factor of --mode scale; --mode zero takes none")
     check_edit(mode, value)
-    out = check_writable_dir(args.out, "--out")
+    return erase, mode, value
+
+
+def _pipeline(args: argparse.Namespace, erase, mode: str, value: float):
+    """(the erasing pipeline of --model, the generation settings it comes with)."""
+    from visionsae.pipelines.itd import ItDStableDiffusionPipeline
+
     if args.model == "zoo":
         from ..zoo import load_fashion_pipeline, zoo_dir
         from ..zoo.settings import TEXT_SAE_DIR as SAE_DIR
 
         stock = load_fashion_pipeline(device=args.device)
-        settings = dict(stock.zoo_settings)
         pipe = ItDStableDiffusionPipeline.wrap(stock, args.sae or zoo_dir() / SAE_DIR,
                                                args.concepts or zoo_dir() / SAE_DIR / "concepts.json", erase,
                                                mode=mode, value=value)
+        return pipe, dict(stock.zoo_settings)
+    cls = itd_class(args.model, bool(args.sae_2 or args.concepts_2))
+    given = {"sae": args.sae, "concepts": args.concepts, "sae_2": args.sae_2, "concepts_2": args.concepts_2,
+             "sae_3": args.sae_3, "concepts_3": args.concepts_3}
+    if cls is ItDStableDiffusionPipeline:
+        extra = sorted(f"--{k.replace('_', '-')}" for k in ("sae_2", "concepts_2", "sae_3", "concepts_3") if given[k])
+        if extra:
+            raise UsageError(f"{args.model} is a single-encoder Stable Diffusion pipeline: {', '.join(extra)} do not apply")
+        if not args.sae or not args.concepts:
+            raise UsageError("--sae and --concepts are needed for a model other than the zoo")
+        eraser = {"sae": args.sae, "concepts": args.concepts}
     else:
-        cls = itd_class(args.model, bool(args.sae_2 or args.concepts_2))
-        given = {"sae": args.sae, "concepts": args.concepts, "sae_2": args.sae_2, "concepts_2": args.concepts_2,
-                 "sae_3": args.sae_3, "concepts_3": args.concepts_3}
-        if cls is ItDStableDiffusionPipeline:
-            extra = sorted(f"--{k.replace('_', '-')}" for k in ("sae_2", "concepts_2", "sae_3", "concepts_3") if given[k])
-            if extra:
-                raise UsageError(f"{args.model} is a single-encoder Stable Diffusion pipeline: {', '.join(extra)} do not apply")
-            if not args.sae or not args.concepts:
-                raise UsageError("--sae and --concepts are needed for a model other than the zoo")
-            eraser = {"sae": args.sae, "concepts": args.concepts}
-        else:
-            keys = [k for pair in cls._eraser_keys() for k in pair]
-            extra = sorted(f"--{k.replace('_', '-')}" for k, v in given.items() if v and k not in keys)
-            if extra:
-                raise UsageError(f"{args.model} is a {cls._parent.__name__}, whose text encoders are "
-                                 f"{', '.join(cls._encoders)}: {', '.join(extra)} do not apply")
-            eraser = {k: given[k] for k in keys}
-            if not any(eraser[sae] for sae, _ in cls._eraser_keys()):
-                flags = " and/or ".join(f"--{sae.replace('_', '-')}" for sae, _ in cls._eraser_keys())
-                raise UsageError(f"{args.model} is a {cls._parent.__name__}: pass {flags} (with their concept sets)")
-        pipe = cls.from_pretrained(args.model, **eraser, erase=erase, mode=mode, value=value).to(args.device)
-    if args.steps is not None:
-        settings["num_inference_steps"] = args.steps
-    if args.guidance_scale is not None:
-        settings["guidance_scale"] = args.guidance_scale
+        keys = [k for pair in cls._eraser_keys() for k in pair]
+        extra = sorted(f"--{k.replace('_', '-')}" for k, v in given.items() if v and k not in keys)
+        if extra:
+            raise UsageError(f"{args.model} is a {cls._parent.__name__}, whose text encoders are "
+                             f"{', '.join(cls._encoders)}: {', '.join(extra)} do not apply")
+        eraser = {k: given[k] for k in keys}
+        if not any(eraser[sae] for sae, _ in cls._eraser_keys()):
+            flags = " and/or ".join(f"--{sae.replace('_', '-')}" for sae, _ in cls._eraser_keys())
+            raise UsageError(f"{args.model} is a {cls._parent.__name__}: pass {flags} (with their concept sets)")
+    return cls.from_pretrained(args.model, **eraser, erase=erase, mode=mode, value=value).to(args.device), {}
+
+
+def _generate(pipe, args: argparse.Namespace, settings: dict, mode: str, value: float) -> list[tuple]:
+    """(prompt, stock output, erased output) of every --prompt at its seed; a NaN image refused."""
+    import numpy as np
+    import torch
+
     results = []
     for i, prompt in enumerate(args.prompt):
         gen = lambda: torch.Generator(args.device).manual_seed(args.seed + i)  # noqa: E731
@@ -151,7 +165,19 @@ def run(args: argparse.Namespace) -> int:
                     + "; nothing was written"
                 )
         results.append((prompt, before, after))
-    # written only once every image is good: no folder of half the results
+    return results
+
+
+def _write(results: list[tuple], out) -> None:
+    """A stock | erased PNG per prompt and decisions.json, each written atomically."""
+    import io
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from ..sae.io import atomic_write_bytes
+
     records = []
     for i, (prompt, before, after) in enumerate(results):
         pair = np.concatenate([before.images[0], np.ones((before.images.shape[1], 2, 3)), after.images[0]], axis=1)
@@ -168,7 +194,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"{prompt!r}: {'erased ' + ', '.join(flagged) if flagged else 'no target concept, image unchanged'} -> {path}")
     atomic_write_bytes(out / "decisions.json", json.dumps(records, indent=2).encode())
     print(f"decisions: {out / 'decisions.json'}")
-    return 0
 
 
 def itd_class(model: str, second_encoder: bool):

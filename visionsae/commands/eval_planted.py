@@ -27,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..sae.io import atomic_write_bytes
     from ..eval.planted import ALL, VARIANTS, evaluate_rule, markdown_table
     from ..planted import PlantedConfig
 
@@ -50,5 +51,5 @@ def run(args: argparse.Namespace) -> int:
         print(markdown_table(results))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2))
+        atomic_write_bytes(args.out, json.dumps(report, indent=2).encode())
     return 0

@@ -29,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..sae.io import atomic_write_bytes
     import torch
 
     from ..eval.sae import (concept_agreement, concept_prompts, dark_matter, min_dark_matter_rows, planted_recovery, pool,
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"stability": report["stability"]}), flush=True)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2))
+        atomic_write_bytes(args.out, json.dumps(report, indent=2).encode())
     return 0
 
 

@@ -23,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..sae.io import atomic_write_bytes
     from ..eval.zoo import BARS, evaluate_judge, evaluate_t2i, evaluate_vqa
 
     import torch
@@ -61,5 +62,5 @@ def run(args: argparse.Namespace) -> int:
     print(text)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+        atomic_write_bytes(args.out, (text + "\n").encode())
     return 0 if all(passed.values()) else 1

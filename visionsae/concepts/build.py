@@ -144,10 +144,9 @@ def build_linear_concept_set(
     """
     from tqdm.auto import tqdm
 
-    missing = sorted(set(concept_prompts) - set(heldout_prompts))
-    if missing:
-        raise UsageError(f"concepts {missing} have no held-out prompts to calibrate on")
     names = list(concept_prompts)
+    extra = dict(extra_positives or {})
+    _check_names(names, heldout_prompts, extra)
     near_misses, near_misses_heldout = dict(near_misses or {}), dict(near_misses_heldout or {})
     vocab = {n: vocabulary(concept_prompts[n], [*keep_prompts, *near_misses.get(n, ()),
                                                  *(p for o in names if o != n for p in concept_prompts[o])])
@@ -155,42 +154,17 @@ def build_linear_concept_set(
     normalizer = Normalizer(w for ws in vocab.values() for w in ws) if normalize else None
 
     skip = starts_with_special(getattr(source, "tokenizer", None))  # CLIP / BERT: leave the start token out
-
-    def codes(prompts):
-        return pooled_codes(sae, source, list(prompts), skip_first=skip) if prompts else torch.zeros(0, sae.n_latents).to_sparse()
-
+    scorer = _Scorer(sae, source, skip, normalizer)
+    codes = scorer.codes
     bar = tqdm(total=2 * len(names) + 2, desc="build concepts", disable=not progress, unit="step")
     keep = codes(keep_prompts)
-    extra = dict(extra_positives or {})
-    unknown = sorted(set(extra) - set(names))
-    if unknown:
-        raise UsageError(f"extra positives for {unknown}, which are not among the concepts {names}")
     own = {n: codes([*concept_prompts[n], *extra.get(n, ())]) for n in names}
     near = {n: codes(near_misses.get(n, ())) for n in names}
     bar.update(1)
-    fits = {}
-    for n in names:
-        # three negative groups of equal weight: generic prompts, near misses, the other concepts
-        others = [own[o].coalesce() for o in names if o != n] if others_as_keep else []
-        negatives = [keep, near[n], *([torch.cat(others)] if others else [])]
-        fits[n] = fit_linear(own[n], negatives, l1=l1)
-        bar.update(1)
+    fits = _fit_read_outs(own, keep, near, others_as_keep, l1, bar)
 
-    def read(prompts):  # per fit, the eraser's score: own form and normal form, the higher
-        prompts = list(prompts)
-        if not prompts:
-            return {n: torch.zeros(0) for n in names}
-        raw = codes(prompts)
-        scores = {n: f.score(raw) for n, f in fits.items()}
-        if normalizer is not None:
-            read_as = as_read(source.tokenizer, prompts)
-            normal = [normalizer(t) for t in read_as]
-            changed = [i for i, (a, b) in enumerate(zip(read_as, normal)) if a != b]
-            if changed:
-                alt = codes([normal[i] for i in changed])
-                for n, f in fits.items():
-                    scores[n][changed] = torch.maximum(scores[n][changed], f.score(alt))
-        return scores
+    def read(prompts):
+        return scorer.read(fits, prompts)
 
     held = {n: read(heldout_prompts[n]) for n in names}
     keep_held = read(keep_heldout)
@@ -215,3 +189,54 @@ def build_linear_concept_set(
         bar.update(1)
     bar.close()
     return cs
+
+
+def _check_names(names: Sequence[str], heldout_prompts: Mapping, extra: Mapping) -> None:
+    missing = sorted(set(names) - set(heldout_prompts))
+    if missing:
+        raise UsageError(f"concepts {missing} have no held-out prompts to calibrate on")
+    unknown = sorted(set(extra) - set(names))
+    if unknown:
+        raise UsageError(f"extra positives for {unknown}, which are not among the concepts {names}")
+
+
+def _fit_read_outs(own: dict, keep, near: dict, others_as_keep: bool, l1: float, bar) -> dict:
+    """Each concept's read-out, fitted against three negative groups of equal weight: generic
+    prompts, its near misses and (with ``others_as_keep``) the other concepts' prompts."""
+    fits = {}
+    for n in own:
+        others = [own[o].coalesce() for o in own if o != n] if others_as_keep else []
+        negatives = [keep, near[n], *([torch.cat(others)] if others else [])]
+        fits[n] = fit_linear(own[n], negatives, l1=l1)
+        bar.update(1)
+    return fits
+
+
+class _Scorer:
+    """Pooled SAE codes of prompts, and each fitted read-out's score of them as the eraser reads
+    them: the higher of the prompt's own score and its normal form's."""
+
+    def __init__(self, sae: SparseAutoencoder, source, skip_first: bool, normalizer) -> None:
+        self.sae, self.source, self.skip_first, self.normalizer = sae, source, skip_first, normalizer
+
+    def codes(self, prompts) -> torch.Tensor:
+        prompts = list(prompts)
+        if not prompts:
+            return torch.zeros(0, self.sae.n_latents).to_sparse()
+        return pooled_codes(self.sae, self.source, prompts, skip_first=self.skip_first)
+
+    def read(self, fits: Mapping, prompts) -> dict[str, torch.Tensor]:
+        prompts = list(prompts)
+        if not prompts:
+            return {n: torch.zeros(0) for n in fits}
+        raw = self.codes(prompts)
+        scores = {n: f.score(raw) for n, f in fits.items()}
+        if self.normalizer is not None:
+            read_as = as_read(self.source.tokenizer, prompts)
+            normal = [self.normalizer(t) for t in read_as]
+            changed = [i for i, (a, b) in enumerate(zip(read_as, normal)) if a != b]
+            if changed:
+                alt = self.codes([normal[i] for i in changed])
+                for n, f in fits.items():
+                    scores[n][changed] = torch.maximum(scores[n][changed], f.score(alt))
+        return scores

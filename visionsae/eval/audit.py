@@ -37,6 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from ..errors import UsageError
+from ..sae.io import atomic_write_bytes
 
 HOOK = "_blocks.15"
 RESOLUTION = 128
@@ -147,7 +148,7 @@ def planted_sets(out_dir: Path, per_class: int, *, suppress: str = "sneaker", ex
         rgb = _generate(stock, [j[1] for j in plain_jobs], [j[3] for j in plain_jobs], settings, batch, "generate (plain)", progress)
         items = [_save(im, out_dir / "images" / "zoo-plain" / f"{j[0]}.png") for j, im in zip(plain_jobs, rgb)]
         generated.append(ImageSet("zoo-plain", items, [j[0] for j in plain_jobs], [j[1] for j in plain_jobs], [j[2] for j in plain_jobs]))
-    stamp.write_text(json.dumps(setting))
+    atomic_write_bytes(stamp, json.dumps(setting).encode())
     truth = {"suppressed": suppress, "exaggerated": exaggerate, "factor": factor, "copy_generated_id": jobs.index(
         next(j for j in jobs if j[0] == copy_key)), "copy_real_id": keys.index(copy_key), "copy_class": copy_class,
         "generation_seconds": seconds, "generated_images": len(jobs)}
@@ -265,7 +266,7 @@ def evaluate(out_dir: str | Path = "runs/eval-audit", per_class: int = 50, *, se
 
         write_report(result, out / "report.html", real=real, generated=generated)
         report_json["report"] = str(out / "report.html")
-    (out / "eval-audit.json").write_text(json.dumps(report_json, indent=2))
+    atomic_write_bytes(out / "eval-audit.json", json.dumps(report_json, indent=2).encode())
     return report_json
 
 
@@ -317,7 +318,7 @@ def _pool(out_dir: Path, per_class: int, seed: int, factor: int, itd: bool, batc
             for n, im in zip(which, rgb):
                 recs[n]["erased"] = _save(im, out_dir / "zoo-itd" / f"{recs[n]['key']}.png")
     pool = {"setting": setting, "records": recs, "generation_seconds": time.perf_counter() - t0}
-    stamp.write_text(json.dumps(pool))
+    atomic_write_bytes(stamp, json.dumps(pool).encode())
     return pool
 
 
@@ -399,6 +400,32 @@ def pooled_ranks(seeds: dict[str, dict]) -> dict[str, dict]:
     return pooled
 
 
+def _plant_ranks(result, truth: dict) -> dict[str, dict]:
+    """Per plant of one rotation seed: the rank of the planted class's first concept in the
+    suppressed (omitted, ItD-erased) or exaggerated ranking, and by the whole set's gap."""
+    from ..audit.inputs import _set_name
+
+    own_real = owners(result.groups["real"])
+    own_plain = owners(result.groups["plain"])  # what the generator's own images of each class hold
+    plants: dict[str, dict] = {}
+    class_of = {_set_name(c): c for c in truth["classes"]}  # set names spell "ankle boot" as ankle-boot
+    for name, table in result.concepts.items():
+        kind, _, cls = name.partition("-")
+        cls = class_of.get(cls, cls)
+        if kind in ("omit", "itd"):
+            plants[name] = {"class": cls, "side": "suppressed",
+                            "rank": plant_rank(table["rank_suppressed"], own_real, cls),
+                            "rank_by_gap": plant_rank(table["rank_suppressed_by_gap"], own_real, cls),
+                            "top3_groups": [table["group_suppressed"][k] for k in table["rank_suppressed"][:3]]}
+        elif kind == "exag":
+            plants[name] = {"class": cls, "side": "exaggerated",
+                            "rank": plant_rank(table["rank_exaggerated"], own_plain, cls),
+                            "rank_by_gap": plant_rank(table["rank_exaggerated_by_gap"], own_plain, cls),
+                            "rank_owner_in_real": plant_rank(table["rank_exaggerated"], own_real, cls),
+                            "top3_groups": [table["group_exaggerated"][k] for k in table["rank_exaggerated"][:3]]}
+    return plants
+
+
 def rotation(out_dir: str | Path = "runs/eval-audit-rotation", per_class: int = 20, seeds: Sequence[int] = (0, 1, 2),
              *, factor: int = 3, itd: bool = True, copy_classes: Sequence[str] = ("bag", "sneaker", "dress"),
              cfg=None, resolution: int = RESOLUTION, batch: int = 32, progress: bool = True) -> dict[str, Any]:
@@ -408,7 +435,7 @@ def rotation(out_dir: str | Path = "runs/eval-audit-rotation", per_class: int = 
     to ``eval-audit-rotation.json``) per plant the rank of the planted class's first concept,
     and per kind of plant and seed the median and worst rank."""
     from ..audit import AuditConfig, run_audit
-    from ..audit.inputs import _set_name, read_jsonl
+    from ..audit.inputs import read_jsonl
 
     out = Path(out_dir)
     cfg = cfg or AuditConfig(progress=progress)
@@ -426,30 +453,13 @@ def rotation(out_dir: str | Path = "runs/eval-audit-rotation", per_class: int = 
         pool = _pool(out / f"seed{seed}" / "images", per_class, seed, factor, itd, batch, progress)
         records, truth = plant_records(pool, copy_classes, seed=seed)
         jsonl = out / f"seed{seed}" / "pairs.jsonl"
-        jsonl.write_text("".join(json.dumps(r) + "\n" for r in records))
+        atomic_write_bytes(jsonl, ("".join(json.dumps(r) + "\n" for r in records)).encode())
         real, generated = read_jsonl(jsonl)
         t1 = time.perf_counter()
         result = run_audit(source, real, generated, out / f"seed{seed}" / "audit",
                            cfg=AuditConfig(**{**cfg.to_dict(), "seed": seed}))
         audit_seconds = time.perf_counter() - t1
-        own_real = owners(result.groups["real"])
-        own_plain = owners(result.groups["plain"])  # what the generator's own images of each class hold
-        plants: dict[str, dict] = {}
-        class_of = {_set_name(c): c for c in truth["classes"]}  # set names spell "ankle boot" as ankle-boot
-        for name, table in result.concepts.items():
-            kind, _, cls = name.partition("-")
-            cls = class_of.get(cls, cls)
-            if kind in ("omit", "itd"):
-                plants[name] = {"class": cls, "side": "suppressed",
-                                "rank": plant_rank(table["rank_suppressed"], own_real, cls),
-                                "rank_by_gap": plant_rank(table["rank_suppressed_by_gap"], own_real, cls),
-                                "top3_groups": [table["group_suppressed"][k] for k in table["rank_suppressed"][:3]]}
-            elif kind == "exag":
-                plants[name] = {"class": cls, "side": "exaggerated",
-                                "rank": plant_rank(table["rank_exaggerated"], own_plain, cls),
-                                "rank_by_gap": plant_rank(table["rank_exaggerated_by_gap"], own_plain, cls),
-                                "rank_owner_in_real": plant_rank(table["rank_exaggerated"], own_real, cls),
-                                "top3_groups": [table["group_exaggerated"][k] for k in table["rank_exaggerated"][:3]]}
+        plants = _plant_ranks(result, truth)
         mem = result.memorisation["copies"]
         want = set(truth["copies_generated_ids"])
         top = [c["generated"] for c in mem["candidates"][: len(want)]]
@@ -478,5 +488,5 @@ def rotation(out_dir: str | Path = "runs/eval-audit-rotation", per_class: int = 
                        f"--out-dir {out / f'seed{seed}' / 'audit'}",  # the same audit (with its report) from the CLI
         }
     report["pooled"] = pooled_ranks(report["seeds"])
-    (out / "eval-audit-rotation.json").write_text(json.dumps(report, indent=2))
+    atomic_write_bytes(out / "eval-audit-rotation.json", json.dumps(report, indent=2).encode())
     return report

@@ -160,6 +160,76 @@ def classifier_report(stock, sae, concepts, family: str, seed: int = 0, n_generi
     return out
 
 
+def _alternating(stock, itd, prompts, seeds, settings, batch: int, desc: str, progress: bool):
+    """Stock and ItD images of ``prompts`` in batches that alternate which pipeline goes first, so
+    both see the same machine load: (stock images, ItD images, ItD decisions, (stock seconds,
+    ItD seconds, per-batch time ratios))."""
+    from tqdm import tqdm
+
+    stock_parts, itd_parts, decisions, ratios = [], [], [], []
+    stock_seconds = itd_seconds = 0.0
+    for n, i in enumerate(tqdm(range(0, len(prompts), batch), desc=desc, disable=not progress)):
+        p, s = prompts[i : i + batch], seeds[i : i + batch]
+        pair = {}
+        for which in (("stock", "itd") if n % 2 == 0 else ("itd", "stock")):  # neither always first
+            imgs, dec, sec = _timed(stock if which == "stock" else itd, p, s, settings)
+            pair[which] = sec
+            if which == "stock":
+                stock_parts.append(imgs)
+                stock_seconds += sec
+            else:
+                itd_parts.append(imgs)
+                decisions += dec
+                itd_seconds += sec
+        ratios.append(pair["itd"] / pair["stock"])
+    return np.concatenate(stock_parts), np.concatenate(itd_parts), decisions, (stock_seconds, itd_seconds, ratios)
+
+
+def _run_figures(names, family, rows, decisions, stock_images, images, before, after, times, repeatable) -> dict:
+    """One erased set's figures (judge before / after, flags, pixel identity, latency)."""
+    from ..zoo import CLASS_NAMES
+    from ..zoo.prompt_families import KINDS
+
+    erased = [CLASS_NAMES.index(n) for n in names]
+    prompts = [r["prompt"] for r in rows]
+    stock_seconds, itd_seconds, ratios = times
+    label = np.array([r["label"] for r in rows])
+    kind = np.array([r["kind"] for r in rows])
+    flagged = np.array([any(d[m]["flagged"] for m in names) for d in decisions])
+    identical = np.array([np.array_equal(a, b) for a, b in zip(images, stock_images)])
+    target = np.isin(label, erased) & np.isin(kind, KINDS)
+    other = ~np.isin(label, erased) & np.isin(kind, KINDS)
+    near = kind == "near_misses"
+    drawn = target & (before == label)  # the stock pipeline draws the erased class
+    run = {
+        "erased": names, "family": family, "prompts": len(prompts),
+        "target_prompts": int(target.sum()),
+        "target_drawn_by_stock": float(drawn.sum() / max(1, target.sum())),
+        "target_flagged": float(flagged[target].mean()),
+        "target_flagged_by_kind": {k: float(flagged[target & (kind == k)].mean()) for k in KINDS},
+        # of the prompts the stock pipeline draws as the erased class, how many ItD still does
+        "still_drawn_as_erased": float((after[drawn] == label[drawn]).mean()) if drawn.any() else None,
+        "still_drawn_as_erased_by_kind": {k: float((after[drawn & (kind == k)] == label[drawn & (kind == k)]).mean())
+                                          if (drawn & (kind == k)).any() else None for k in KINDS},
+        "flagged_still_drawn_as_erased": float((after[drawn & flagged] == label[drawn & flagged]).mean())
+        if (drawn & flagged).any() else None,
+        "erased_images_judged_as": {CLASS_NAMES[c]: int((after[drawn] == c).sum()) for c in np.unique(after[drawn])},
+        "other_prompts_flagged": float(flagged[other].mean()),
+        "near_misses_flagged": float(flagged[near].mean()) if near.any() else None,
+        "near_misses_flagged_prompts": [prompts[i] for i in np.flatnonzero(near & flagged)],
+        "other_prompts_pixel_identical": float(identical[other].mean()),
+        "unflagged_prompts_pixel_identical": float(identical[~flagged].mean()) if (~flagged).any() else None,
+        "other_accuracy_stock": float((before[other] == label[other]).mean()),
+        "other_accuracy_erased": float((after[other] == label[other]).mean()),
+        "stock_repeatable_at_same_seed": bool(repeatable),
+        "stock_seconds": stock_seconds, "itd_seconds": itd_seconds,
+        "added_latency": itd_seconds / stock_seconds - 1,
+        "added_latency_median_batch": float(np.median(ratios)) - 1,
+        "missed_target_prompts": [prompts[i] for i in np.flatnonzero(target & ~flagged)][:50],
+    }
+    return run
+
+
 def evaluate(erase_sets: Sequence[Sequence[str]] = tuple(s.split(",") for s in DEFAULT_SETS), family: str = "evaluate",
              per_kind: int | None = None, out_dir: str | Path = "runs/eval-erasure", seed: int = 0, memory_probe: bool = True,
              mode: str | None = None, value: float | None = None, batch: int = 16, progress: bool = True) -> dict:
@@ -169,15 +239,13 @@ def evaluate(erase_sets: Sequence[Sequence[str]] = tuple(s.split(",") for s in D
     the ratio of their summed times, and the median over batch pairs of their ratio.
     ``mode`` / ``value`` default to the zoo's.
     """
-    from tqdm import tqdm
-
     from visionsae.pipelines.itd import ItDStableDiffusionPipeline
 
     from ..concepts import ConceptSet
     from ..sae import SparseAutoencoder
     from ..sae.io import atomic_write_bytes
     from ..zoo import CLASS_NAMES, load_fashion_judge, load_fashion_pipeline, zoo_dir
-    from ..zoo.prompt_families import FAMILIES, KINDS
+    from ..zoo.prompt_families import FAMILIES
     from ..zoo.settings import ERASE_MODE, ERASE_VALUE, TEXT_SAE_DIR as SAE_DIR
 
     if family not in FAMILIES:
@@ -207,61 +275,15 @@ def evaluate(erase_sets: Sequence[Sequence[str]] = tuple(s.split(",") for s in D
         seeds = [seed + rows_all.index(r) for r in rows]
         itd = ItDStableDiffusionPipeline.wrap(stock, sae, concepts, names, mode=mode, value=value)
         itd.set_progress_bar_config(disable=True)
-        stock_parts, itd_parts, decisions, ratios = [], [], [], []
-        stock_seconds = itd_seconds = 0.0
-        for n, i in enumerate(tqdm(range(0, len(prompts), batch), desc=f"erase {'+'.join(names)}", disable=not progress)):
-            p, s = prompts[i : i + batch], seeds[i : i + batch]
-            pair = {}
-            for which in (("stock", "itd") if n % 2 == 0 else ("itd", "stock")):  # neither always first
-                imgs, dec, sec = _timed(stock if which == "stock" else itd, p, s, settings)
-                pair[which] = sec
-                if which == "stock":
-                    stock_parts.append(imgs)
-                    stock_seconds += sec
-                else:
-                    itd_parts.append(imgs)
-                    decisions += dec
-                    itd_seconds += sec
-            ratios.append(pair["itd"] / pair["stock"])
-        stock_images, images = np.concatenate(stock_parts), np.concatenate(itd_parts)
+        stock_images, images, decisions, times = _alternating(stock, itd, prompts, seeds, settings, batch,
+                                                              f"erase {'+'.join(names)}", progress)
         repeatable = all(np.array_equal(base[p], im) for p, im in zip(prompts, stock_images) if p in base)
         base.update(zip(prompts, stock_images))
         before = judge.predict(nchw(stock_images)).cpu().numpy()
         after = judge.predict(nchw(images)).cpu().numpy()
         label = np.array([r["label"] for r in rows])
         kind = np.array([r["kind"] for r in rows])
-        flagged = np.array([any(d[m]["flagged"] for m in names) for d in decisions])
-        identical = np.array([np.array_equal(a, b) for a, b in zip(images, stock_images)])
-        target = np.isin(label, erased) & np.isin(kind, KINDS)
-        other = ~np.isin(label, erased) & np.isin(kind, KINDS)
-        near = kind == "near_misses"
-        drawn = target & (before == label)  # the stock pipeline draws the erased class
-        run = {
-            "erased": names, "family": family, "prompts": len(prompts),
-            "target_prompts": int(target.sum()),
-            "target_drawn_by_stock": float(drawn.sum() / max(1, target.sum())),
-            "target_flagged": float(flagged[target].mean()),
-            "target_flagged_by_kind": {k: float(flagged[target & (kind == k)].mean()) for k in KINDS},
-            # of the prompts the stock pipeline draws as the erased class, how many ItD still does
-            "still_drawn_as_erased": float((after[drawn] == label[drawn]).mean()) if drawn.any() else None,
-            "still_drawn_as_erased_by_kind": {k: float((after[drawn & (kind == k)] == label[drawn & (kind == k)]).mean())
-                                              if (drawn & (kind == k)).any() else None for k in KINDS},
-            "flagged_still_drawn_as_erased": float((after[drawn & flagged] == label[drawn & flagged]).mean())
-            if (drawn & flagged).any() else None,
-            "erased_images_judged_as": {CLASS_NAMES[c]: int((after[drawn] == c).sum()) for c in np.unique(after[drawn])},
-            "other_prompts_flagged": float(flagged[other].mean()),
-            "near_misses_flagged": float(flagged[near].mean()) if near.any() else None,
-            "near_misses_flagged_prompts": [prompts[i] for i in np.flatnonzero(near & flagged)],
-            "other_prompts_pixel_identical": float(identical[other].mean()),
-            "unflagged_prompts_pixel_identical": float(identical[~flagged].mean()) if (~flagged).any() else None,
-            "other_accuracy_stock": float((before[other] == label[other]).mean()),
-            "other_accuracy_erased": float((after[other] == label[other]).mean()),
-            "stock_repeatable_at_same_seed": bool(repeatable),
-            "stock_seconds": stock_seconds, "itd_seconds": itd_seconds,
-            "added_latency": itd_seconds / stock_seconds - 1,
-            "added_latency_median_batch": float(np.median(ratios)) - 1,
-            "missed_target_prompts": [prompts[i] for i in np.flatnonzero(target & ~flagged)][:50],
-        }
+        run = _run_figures(names, family, rows, decisions, stock_images, images, before, after, times, repeatable)
         run["other_accuracy_drop_points"] = 100 * (run["other_accuracy_stock"] - run["other_accuracy_erased"])
         report["runs"].append(run)
         shown = [int(np.flatnonzero((label == c) & (kind == "nouns"))[0]) for c in range(len(CLASS_NAMES))]

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from ..sae.io import atomic_write_bytes
 
 DEFAULT_SETS = ("sneaker", "sneaker,bag,trouser")
 BARS = {"target_accuracy_max": 0.10, "other_drop_points_max": 3.0, "footwear_change_points_max": 3.0}
@@ -52,6 +53,49 @@ def footwear_question() -> str:
 
 def _share(flags: Sequence[bool]) -> float:
     return sum(flags) / max(1, len(flags))
+
+
+def _run_figures(unlearn, unlearner, labels, names, foot_truth, stock_answers, answers) -> dict:
+    """One unlearned set's figures: accuracy on its classes and the others, footwear answers."""
+    from ..zoo import CLASS_NAMES
+
+    base_cat, base_foot, base_seconds = stock_answers
+    cat, foot, seconds = answers
+    target = [n in unlearn for n in names]
+    other = [not t for t in target]
+
+    def acc(answers, truth, mask):
+        return _share([a == t for a, t, m in zip(answers, truth, mask) if m])
+
+    per_class = {}
+    for c in sorted(set(labels)):
+        mask = [x == c for x in labels]
+        per_class[CLASS_NAMES[c]] = {"stock": acc(base_cat, names, mask), "unlearned": acc(cat, names, mask)}
+    answered = {}
+    for a, t in zip(cat, target):
+        if t:
+            answered[a] = answered.get(a, 0) + 1
+    run = {
+        "unlearned": unlearn,
+        "features": len(unlearner.features),
+        "settings": unlearner.settings,
+        "target_accuracy_stock": acc(base_cat, names, target),
+        "target_accuracy_unlearned": acc(cat, names, target),
+        "target_answers_naming_own_class": _share([n in a for a, n, t in zip(cat, names, target) if t]),
+        "answers_naming_an_unlearned_class": _share([any(u in a for u in unlearn) for a in cat]),
+        "target_images_answered_as": dict(sorted(answered.items(), key=lambda kv: -kv[1])),
+        "other_accuracy_stock": acc(base_cat, names, other),
+        "other_accuracy_unlearned": acc(cat, names, other),
+        "footwear_other_accuracy_stock": acc(base_foot, foot_truth, other),
+        "footwear_other_accuracy_unlearned": acc(foot, foot_truth, other),
+        "footwear_other_answers_changed": _share([a != b for a, b, m in zip(foot, base_foot, other) if m]),
+        "per_class": per_class,
+        "seconds_stock": base_seconds,
+        "seconds_unlearned": seconds,
+    }
+    run["other_accuracy_drop_points"] = 100 * (run["other_accuracy_stock"] - run["other_accuracy_unlearned"])
+    run["footwear_other_change_points"] = 100 * abs(run["footwear_other_accuracy_stock"] - run["footwear_other_accuracy_unlearned"])
+    return run
 
 
 def evaluate(unlearn_sets: Sequence[Sequence[str]] = tuple(s.split(",") for s in DEFAULT_SETS), per_class: int = 100,
@@ -106,40 +150,8 @@ def evaluate(unlearn_sets: Sequence[Sequence[str]] = tuple(s.split(",") for s in
                                                         value=value)
         vqa = FashionVQA(model, stock.processor)
         cat, foot, seconds = ask_all(vqa, f"unlearn {'+'.join(unlearn)}")
-        target = [n in unlearn for n in names]
-        other = [not t for t in target]
-
-        def acc(answers, truth, mask):
-            return _share([a == t for a, t, m in zip(answers, truth, mask) if m])
-
-        per_class = {}
-        for c in sorted(set(labels)):
-            mask = [x == c for x in labels]
-            per_class[CLASS_NAMES[c]] = {"stock": acc(base_cat, names, mask), "unlearned": acc(cat, names, mask)}
-        answered = {}
-        for a, t in zip(cat, target):
-            if t:
-                answered[a] = answered.get(a, 0) + 1
-        run = {
-            "unlearned": unlearn,
-            "features": len(model._unlearner.features),
-            "settings": model._unlearner.settings,
-            "target_accuracy_stock": acc(base_cat, names, target),
-            "target_accuracy_unlearned": acc(cat, names, target),
-            "target_answers_naming_own_class": _share([n in a for a, n, t in zip(cat, names, target) if t]),
-            "answers_naming_an_unlearned_class": _share([any(u in a for u in unlearn) for a in cat]),
-            "target_images_answered_as": dict(sorted(answered.items(), key=lambda kv: -kv[1])),
-            "other_accuracy_stock": acc(base_cat, names, other),
-            "other_accuracy_unlearned": acc(cat, names, other),
-            "footwear_other_accuracy_stock": acc(base_foot, foot_truth, other),
-            "footwear_other_accuracy_unlearned": acc(foot, foot_truth, other),
-            "footwear_other_answers_changed": _share([a != b for a, b, m in zip(foot, base_foot, other) if m]),
-            "per_class": per_class,
-            "seconds_stock": base_seconds,
-            "seconds_unlearned": seconds,
-        }
-        run["other_accuracy_drop_points"] = 100 * (run["other_accuracy_stock"] - run["other_accuracy_unlearned"])
-        run["footwear_other_change_points"] = 100 * abs(run["footwear_other_accuracy_stock"] - run["footwear_other_accuracy_unlearned"])
+        run = _run_figures(unlearn, model._unlearner, labels, names, foot_truth, (base_cat, base_foot, base_seconds),
+                           (cat, foot, seconds))
         model.unlearning_enabled = False
         n_check = min(batch, len(images))
         run["off_matches_stock"] = vqa.ask(images[:n_check], cat_q[:n_check], batch_size=batch) == base_cat[:n_check]
@@ -152,5 +164,5 @@ def evaluate(unlearn_sets: Sequence[Sequence[str]] = tuple(s.split(",") for s in
         }
         model.remove_unlearning()
         report["runs"].append(run)
-    (out_dir / "unlearning.json").write_text(json.dumps(report, indent=2))
+    atomic_write_bytes(out_dir / "unlearning.json", json.dumps(report, indent=2).encode())
     return report

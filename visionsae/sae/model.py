@@ -46,12 +46,14 @@ class SAEOutput:
     """The sparse code: [B, width]."""
     fvu: torch.Tensor
     """Fraction of variance unexplained over the batch (the reconstruction loss)."""
-    sparsity_loss: torch.Tensor | None
-    """The rule's weighted penalty (L1, L0), if any."""
     aux_loss: torch.Tensor | None
     """AuxK loss: how well the dead latents predict the residual, if any are dead."""
     losses: dict[str, torch.Tensor] = field(default_factory=dict)
-    """Further named loss terms, already weighted (AFA, Matryoshka, the rule's own)."""
+    """Further named loss terms, already weighted: the rule's penalty (``l1``, ``l0``) and own
+    terms, AFA, Matryoshka."""
+    x_in: torch.Tensor | None = None
+    """The centred, scaled input the encoder read ``[B, d_in]`` (detached): what a rule's
+    ``after_step`` adapts its state to (GBA's biases)."""
 
 
 class SparseAutoencoder(nn.Module):
@@ -196,7 +198,7 @@ class SparseAutoencoder(nn.Module):
         xs = x_flat * self.input_scale.to(x_flat.dtype)
         x_in = xs - self.b_dec
         rule = self.rule.bind(self, x_in)
-        sparsity_loss = pre = None
+        pre = None
         if rule.sparse:
             cheap = self.select_dtype if getattr(rule, "rough_select", False) and torch.is_grad_enabled() else None
             bags = LatentBags()  # the sampled dots and weight gradients share one sort of the indices
@@ -205,12 +207,10 @@ class SparseAutoencoder(nn.Module):
                                             scratch=self._scratch, merge=merge)
             xs_hat = sparse_decode(values, indices, self.W_dec, bags) + self.b_dec
             code = SparseCode(values, indices)
-            sparsity_loss = rule.penalty(None, None)
         else:
             pre = F.linear(x_in, self.W_enc, self.b_enc)
             dense = rule.dense(pre)
             xs_hat = dense @ self.W_dec + self.b_dec
-            sparsity_loss = rule.penalty(pre, dense)
             code = SparseCode.from_dense(dense.detach())
             values, indices = dense.gather(-1, code.indices), code.indices  # with gradient, for the loss terms
         fvu = _fvu(xs, xs_hat)
@@ -223,7 +223,7 @@ class SparseAutoencoder(nn.Module):
             losses["afa"] = self.cfg.afa_coefficient * afa_loss(inputs)
         if self.cfg.matryoshka_widths:
             losses["matryoshka"] = matryoshka_loss(inputs, matryoshka_widths(self.cfg))
-        return SAEOutput(xs_hat / self.input_scale, code, fvu, sparsity_loss, aux_loss, losses)
+        return SAEOutput(xs_hat / self.input_scale, code, fvu, aux_loss, losses, x_in.detach())
 
     def _aux_loss(self, x_in, residual, dead_mask, aux_k) -> torch.Tensor:
         dead = dead_mask.nonzero().squeeze(-1)

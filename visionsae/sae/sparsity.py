@@ -3,9 +3,10 @@
 A rule is one small ``nn.Module`` registered in ``RULES``. A *sparse* rule (the TopK
 family) implements ``select(pre_acts) -> (values, indices)``, used both by the fused
 sparse encoder in training and by inference; a *dense* rule implements
-``dense(pre_acts) -> code`` and is trained through a dense decode. Every rule may add a
-``penalty`` to the loss and says how to ``merge`` candidates found in chunks of latents,
-so inference never needs the whole ``[tokens x n_latents]`` matrix at once.
+``dense(pre_acts) -> code`` and is trained through a dense decode. Every rule may add named
+terms to the loss (``losses``: its penalty, e.g. L1 or L0) and says how to ``merge`` candidates
+found in chunks of latents, so inference never needs the whole ``[tokens x n_latents]`` matrix
+at once.
 """
 
 from __future__ import annotations
@@ -75,16 +76,12 @@ class SparsityRule(nn.Module):
         """Reduce candidates gathered from several chunks of latents to the final code."""
         return _pack_nonzero(values, indices)
 
-    def penalty(self, pre_acts: torch.Tensor | None, code: torch.Tensor | None) -> torch.Tensor | None:
-        """An extra loss term (already weighted), or None."""
-        return None
-
     # ------------------------------------------------ extension points (variants)
     def bind(self, sae, x_in: torch.Tensor) -> "SparsityRule":
         """The rule as applied to one call on the centred, scaled inputs ``x_in [B, d_in]``.
 
         The SAE calls ``bind`` once per ``encode`` / ``forward`` and uses what it returns for
-        ``select`` / ``dense`` / ``infer`` / ``merge`` / ``penalty`` / ``losses``. Rules whose
+        ``select`` / ``dense`` / ``infer`` / ``merge`` / ``losses``. Rules whose
         code depends on the input itself and not only on its pre-activations (top-AFA
         matches the code's norm to the input's) return a per-call object remembering it;
         the others return themselves.
@@ -93,7 +90,8 @@ class SparsityRule(nn.Module):
 
     def losses(self, inputs) -> dict[str, torch.Tensor]:
         """Named extra loss terms of a training pass, already weighted (see
-        :class:`visionsae.sae.losses.LossInputs`); summed into the loss and logged by name."""
+        :class:`visionsae.sae.losses.LossInputs`): the rule's penalty (L1, L0) and its own terms,
+        the one list of them the trainer sums into the loss and logs by name."""
         return {}
 
     def after_step(self, sae, out) -> None:
@@ -249,9 +247,9 @@ class JumpReLU(SparsityRule):
         code = pre_acts * (pre_acts > threshold)
         return _pack_nonzero(code, torch.arange(code.shape[-1], device=code.device).expand_as(code))
 
-    def penalty(self, pre_acts, code):
-        l0 = _StepSTE.apply(pre_acts, self.log_threshold.exp(), self.bandwidth).sum(-1).mean()
-        return self.l0_coefficient * l0
+    def losses(self, inputs):
+        l0 = _StepSTE.apply(inputs.pre_acts, self.log_threshold.exp(), self.bandwidth).sum(-1).mean()
+        return {"l0": self.l0_coefficient * l0}
 
 
 @register("relu")
@@ -267,5 +265,6 @@ class ReLUL1(SparsityRule):
     def dense(self, pre_acts):
         return pre_acts.relu()
 
-    def penalty(self, pre_acts, code):
-        return self.l1_coefficient * code.abs().sum(-1).mean()
+    def losses(self, inputs):
+        code = self.dense(inputs.pre_acts)  # the code as forward made it (decoder rows are unit norm)
+        return {"l1": self.l1_coefficient * code.abs().sum(-1).mean()}

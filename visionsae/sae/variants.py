@@ -72,9 +72,6 @@ class _BoundTopAFA:
     def merge(self, values, indices):
         return self._choose(values, indices)
 
-    def penalty(self, pre_acts, code):
-        return None
-
     def losses(self, inputs):
         return {}
 
@@ -278,26 +275,19 @@ class GroupBiasAdaptation(SparsityRule):
         self.register_buffer("group", torch.arange(cfg.n_latents) * groups // cfg.n_latents, persistent=False)  # [n]
         self.register_buffer("target_frequency", targets[self.group].float(), persistent=False)  # [n]
         self.rate = cfg.gba_rate
-        self._x_in: torch.Tensor | None = None  # the training batch, for after_step
-
-    def bind(self, sae, x_in):
-        if self.training:
-            self._x_in = x_in.detach()
-        return self
 
     def dense(self, pre_acts):
         return pre_acts.relu()
 
     def after_step(self, sae, out):
-        if self._x_in is None:
+        if out.x_in is None:
             return
-        pre = F.linear(self._x_in, sae.W_enc, sae.b_enc)  # [B, n] under the updated weights
+        pre = F.linear(out.x_in, sae.W_enc, sae.b_enc)  # [B, n] under the updated weights
         batch = pre.shape[0]
         count = (self.target_frequency * batch).round().clamp(1, batch).long()  # [n]
         top = pre.topk(int(count.max()), dim=0).values  # [max count, n], sorted
         shift = -top.gather(0, (count - 1)[None]).squeeze(0)
         sae.b_enc.add_(self.rate * shift.to(sae.b_enc.dtype))
-        self._x_in = None
 
 
 # ------------------------------------------------------------------------- variational
@@ -330,7 +320,7 @@ class Variational(TopK):
         return torch.zeros_like(z).scatter(-1, indices, values.relu())
 
     def infer(self, pre_acts, start: int = 0):
-        return TopK.select(self, pre_acts)
+        return self.select(pre_acts)  # TopK's, on mu
 
     def losses(self, inputs):
         mu, log_var = inputs.pre_acts, self.log_var

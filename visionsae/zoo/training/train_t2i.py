@@ -115,6 +115,9 @@ def check_finite(loss: torch.Tensor, what: str, step: int) -> None:
         raise FloatingPointError(f"{what} loss is {loss.item()} at step {step}; not saving a broken checkpoint")
 
 
+# Longer than 80 lines on purpose: one run, stage by stage, in the order that made the shipped
+# weights; every stage shares one checkpoint (models, optimisers, EMA, RNG, the stage reached),
+# so the steps a resumed run must repeat exactly read top to bottom in one place.
 def train(args) -> int:
     """The run ``visionsae zoo train-t2i`` starts, from its parsed flags."""
     from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel

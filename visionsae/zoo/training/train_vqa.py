@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .. import captions
+from ...sae.io import atomic_write_bytes
 from ..checkpoint import load_state, save_state, seed_everything
 from ..data import load_fashion_mnist
 from .train_judge import random_shift
@@ -162,6 +163,9 @@ class SequenceBuilder:
         return input_ids, mask, labels
 
 
+# Longer than 80 lines on purpose: one run, stage by stage, in the order that made the shipped
+# weights; every stage shares one checkpoint (models, optimisers, EMA, RNG, the stage reached),
+# so the steps a resumed run must repeat exactly read top to bottom in one place.
 def train(args) -> int:
     """The run ``visionsae zoo train-vqa`` starts, from its parsed flags."""
     from transformers import LlavaForConditionalGeneration
@@ -311,7 +315,7 @@ def train(args) -> int:
     report["vision_tower_probe_test_accuracy"] = progress.get("vision_test_accuracy")
     report["training_seconds"] = {k: round(v, 1) for k, v in progress["elapsed"].items()}
     report["training_cpu_seconds"] = {k: round(v, 1) for k, v in progress["cpu"].items()}
-    Path(args.out, "training.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_bytes(Path(args.out, "training.json"), (json.dumps(report, indent=2) + "\n").encode())
     print(json.dumps(report, indent=2))
     return 0
 

@@ -36,6 +36,7 @@ import torch
 
 from ..settings import UNLEARN_TOKENS, VQA_LAYER as LAYER, VQA_SAE_DIR as SAE_DIR
 from ...errors import UsageError
+from ...sae.io import atomic_write_bytes
 
 SELECT_TOKENS = "image"
 """Concept features are selected on the image tokens (what the image shows): text-token
@@ -242,7 +243,7 @@ def build(args) -> int:
     saes[ship].save_pretrained(out)
     sae = SparseAutoencoder.from_pretrained(out)
     build_concepts(sae, vqa, out, seed=args.seed)
-    (out / "training.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_bytes(out / "training.json", json.dumps(summary, indent=2).encode())
     print(json.dumps(summary, indent=2))
     return 0
 
