@@ -7,7 +7,7 @@
 concept and a few example prompts: its SAE features are selected on the spot, and its
 threshold set so that every example is flagged), choose how to deactivate them and see the
 stock and the erased image side by side (same seed), the classifier's verdict per concept
-(score against threshold) and the SAE features that fired, each labelled by the prompts
+(score against threshold) and the erased SAE features that fired, each labelled by the prompts
 that activate it most. A prompt the classifier does not flag gives the stock image, bit for bit.
 
 **Ask** (VQA, zoo only): ask the zoo's LLaVA about an uploaded image or a Fashion-MNIST

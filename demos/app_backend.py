@@ -40,7 +40,7 @@ class EraseResult:
     erased: Any  # [H, W, 3] float32 in [0, 1]
     decisions: dict[str, dict]  # concept -> {score, threshold, flagged}
     identical: bool  # the erased image is the stock image, bit for bit
-    features: list[dict]  # the concepts' features that fired on the prompt (see Eraser.fired_features)
+    features: list[dict]  # the erased features that fired on the prompt (see Eraser.fired_features)
     new_concept: dict | None = None  # selection / calibration of a concept typed in the request
     mode: str = "zero"
     value: float = 0.0
@@ -291,14 +291,17 @@ class Eraser:
                 raise AppError(f"The {name} image came out as NaN"
                                + (f": scaling the features by {value:g} drove the text embedding out of range; use a "
                                   "smaller strength." if name == "erased" else "; try other settings."))
-        return EraseResult(prompt, stock, erased, out.concept_decisions[0], bool(np.array_equal(stock, erased)),
-                           features, new_concept, mode, value, seconds, seed, settings["num_inference_steps"])
+        return EraseResult(prompt=prompt, stock=stock, erased=erased, decisions=out.concept_decisions[0],
+                           identical=bool(np.array_equal(stock, erased)), features=features, new_concept=new_concept,
+                           mode=mode, value=value, seconds=seconds, seed=seed, steps=settings["num_inference_steps"])
 
     # -- features and their labels
 
     def fired_features(self, prompt: str, cs, names: Sequence[str]) -> list[dict]:
-        """The named concepts' features active on ``prompt`` (first token left out, as the
-        classifier does), strongest first: feature, concept, activation, peak token, label prompts."""
+        """The features the edit of the named concepts changes (:attr:`Concept.erased`, which for
+        a linear read-out are its positive-weight features, not every feature it reads) that are
+        active on ``prompt`` (first token left out, as the classifier does), strongest first:
+        feature, concept, activation, peak token, label prompts."""
         import torch
 
         from visionsae.concepts import prompt_activations
@@ -311,7 +314,7 @@ class Eraser:
         tokens = self.pipe.tokenizer.convert_ids_to_tokens(ids)[1:]
         rows = []
         for name in names:
-            for f in cs[name].features:
+            for f in cs[name].erased:
                 per_token = (values * (indices == f)).abs().sum(-1)  # [T-1]
                 if per_token.numel() == 0 or float(per_token.max()) <= 0:
                     continue
@@ -404,9 +407,9 @@ def format_verdict(r: EraseResult) -> str:
 
 def format_features(r: EraseResult) -> str:
     if not r.features:
-        return "No feature of the chosen concepts fired on this prompt."
-    lines = ["**SAE features that fired** (features of the chosen concepts; label: the prompts that activate each "
-             "most)", "", "| feature | concept | activation | strongest on token | top-activating prompts |",
+        return "No feature the erasure changes fired on this prompt."
+    lines = ["**SAE features that fired** (the features the erasure of the chosen concepts changes; label: the "
+             "prompts that activate each most)", "", "| feature | concept | activation | strongest on token | top-activating prompts |",
              "| --- | --- | --- | --- | --- |"]
     for f in r.features:
         label = "; ".join(_md(p) for p in f["top_prompts"]) or "-"

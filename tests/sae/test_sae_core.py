@@ -225,12 +225,11 @@ def test_folding_the_input_scale_keeps_codes_and_reconstructions():
 def test_training_scratch_buffers_are_reused_and_change_nothing():
     torch.manual_seed(0)
     sae = SparseAutoencoder(SAEConfig(d_in=32, n_latents=256, k=4))
-    sae.select_dtype = torch.bfloat16
     sae.train()
     outs, ptrs = [], []
     for seed in range(3):
         x = torch.randn(64, 32, generator=torch.Generator().manual_seed(seed))
-        out = sae(x)
+        out = sae(x, select_dtype=torch.bfloat16)
         outs.append((x, out.code.values.detach(), out.code.indices))
         ptrs.append(sae._scratch.get("pre_acts", (64, 256), torch.bfloat16, torch.device("cpu")).data_ptr())
     assert len(set(ptrs)) == 1  # one buffer for every step

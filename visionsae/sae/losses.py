@@ -43,6 +43,13 @@ class LossInputs:
     """Code indices ``[B, width]``."""
     pre_acts: torch.Tensor | None = None
     """Dense pre-activations ``[B, n_latents]`` of dense rules (None for the fused sparse path)."""
+    W_dec: torch.Tensor | None = None
+    """The pass's decoder weight ``[n_latents, d_in]`` (RA-SAE: the dictionary's atoms, with
+    their gradient); read it here, not from ``sae.W_dec`` (None: the SAE's ``W_dec``)."""
+
+    def __post_init__(self) -> None:
+        if self.W_dec is None:
+            self.W_dec = self.sae.W_dec
 
 
 def decoded_norm(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
@@ -58,7 +65,7 @@ def afa_loss(inputs: LossInputs) -> torch.Tensor:
     scale does not depend on the data's). Under quasi-orthogonal decoder rows the two
     norms are equal for a faithful code."""
     target = inputs.x_in.norm(dim=-1)
-    got = decoded_norm(inputs.values, inputs.indices, inputs.sae.W_dec)
+    got = decoded_norm(inputs.values, inputs.indices, inputs.W_dec)
     return (got - target).pow(2).mean() / target.pow(2).mean().clamp_min(1e-12)
 
 
@@ -92,6 +99,6 @@ def matryoshka_loss(inputs: LossInputs, widths: list[int]) -> torch.Tensor:
     total = inputs.x.new_zeros(())
     for m in widths:
         kept = inputs.values * (inputs.indices < m)
-        x_hat_m = sparse_decode(kept, inputs.indices, sae.W_dec) + sae.b_dec
+        x_hat_m = sparse_decode(kept, inputs.indices, inputs.W_dec) + sae.b_dec
         total = total + fvu(inputs.x, x_hat_m)
     return total

@@ -87,10 +87,6 @@ class SparseAutoencoder(nn.Module):
         if not self.rule.learns_encoder_bias:
             self.b_enc.requires_grad_(False)  # the rule sets it (after_step), not the optimizer
         self.dictionary: ArchetypalDictionary | None = None
-        self._substituting = False
-        # Precision of the training matmul that only chooses the active latents (the
-        # trainer sets it from TrainConfig.select_dtype); None: the SAE's own dtype.
-        self.select_dtype: torch.dtype | None = None
         self._scratch = Scratch()  # the choosing matmul's buffers, kept between training steps
         if cfg.dictionary == "archetypal":
             self.dictionary = ArchetypalDictionary(
@@ -173,51 +169,44 @@ class SparseAutoencoder(nn.Module):
         return x_hat.reshape(*lead, self.cfg.d_in)
 
     # ----------------------------------------------------------------- training
-    def forward(self, x: torch.Tensor, dead_mask: torch.Tensor | None = None, aux_k: int | None = None) -> SAEOutput:
+    def forward(self, x: torch.Tensor, dead_mask: torch.Tensor | None = None, aux_k: int | None = None,
+                select_dtype: torch.dtype | None = None) -> SAEOutput:
         """Training pass on ``x [B, d_in]``: reconstruction, code and loss terms.
 
         ``dead_mask [n_latents]`` marks latents that have not fired for a while; when
         given (and the rule is sparse), the AuxK loss asks the ``aux_k`` largest dead
         pre-activations to reconstruct the residual (Gao et al. 2024, appendix A.2).
+        ``select_dtype`` (a trainer's setting, e.g. bfloat16): the precision of the matmul that
+        only chooses the active latents, for rules that allow it; None: the SAE's own dtype.
         """
-        if self.dictionary is not None and torch.is_grad_enabled() and not self._substituting:
-            # RA-SAE: run this pass with W_dec replaced by the atoms computed from the
-            # dictionary's parameters, so every reader of W_dec (decode, AuxK, the rule's
-            # and the extra losses) passes its gradient to them.
-            atoms = self.dictionary_atoms()
-            with torch.no_grad():
-                self.W_dec.copy_(atoms)
-            self._substituting = True
-            try:
-                return torch.func.functional_call(
-                    self, {"W_dec": atoms}, (x,), {"dead_mask": dead_mask, "aux_k": aux_k}, strict=False
-                )
-            finally:
-                self._substituting = False
+        # The decoder weight of this pass, computed once: for RA-SAE the atoms of the dictionary's
+        # parameters (with their gradient; W_dec holds the same values, refreshed after every
+        # step by normalize_decoder_), else W_dec. Every reader below takes it from here.
+        W_dec = self.dictionary_atoms() if self.dictionary is not None and torch.is_grad_enabled() else self.W_dec
         x_flat = self._flat(x)
         xs = x_flat * self.input_scale.to(x_flat.dtype)
         x_in = xs - self.b_dec
         rule = self.rule.bind(self, x_in)
         pre = None
         if rule.sparse:
-            cheap = self.select_dtype if getattr(rule, "rough_select", False) and torch.is_grad_enabled() else None
+            cheap = select_dtype if getattr(rule, "rough_select", False) and torch.is_grad_enabled() else None
             bags = LatentBags()  # the sampled dots and weight gradients share one sort of the indices
             merge = rule.merge if getattr(rule, "exact_merge", False) and torch.is_grad_enabled() else None
             values, indices = sparse_encode(xs, self.W_enc, self.b_enc, rule.select, cheap, bags, center=self.b_dec,
                                             scratch=self._scratch, merge=merge)
-            xs_hat = sparse_decode(values, indices, self.W_dec, bags) + self.b_dec
+            xs_hat = sparse_decode(values, indices, W_dec, bags) + self.b_dec
             code = SparseCode(values, indices)
         else:
             pre = F.linear(x_in, self.W_enc, self.b_enc)
             dense = rule.dense(pre)
-            xs_hat = dense @ self.W_dec + self.b_dec
+            xs_hat = dense @ W_dec + self.b_dec
             code = SparseCode.from_dense(dense.detach())
             values, indices = dense.gather(-1, code.indices), code.indices  # with gradient, for the loss terms
         fvu = _fvu(xs, xs_hat)
         aux_loss = None
         if dead_mask is not None and rule.sparse and bool(dead_mask.any()):
-            aux_loss = self._aux_loss(x_in, xs - xs_hat.detach(), dead_mask, aux_k or self.cfg.d_in // 2)
-        inputs = LossInputs(self, xs, x_in, xs_hat, values, indices, pre)
+            aux_loss = self._aux_loss(x_in, xs - xs_hat.detach(), dead_mask, aux_k or self.cfg.d_in // 2, W_dec)
+        inputs = LossInputs(self, xs, x_in, xs_hat, values, indices, pre, W_dec)
         losses = dict(rule.losses(inputs))
         if self.cfg.afa_coefficient > 0:
             losses["afa"] = self.cfg.afa_coefficient * afa_loss(inputs)
@@ -225,11 +214,11 @@ class SparseAutoencoder(nn.Module):
             losses["matryoshka"] = matryoshka_loss(inputs, matryoshka_widths(self.cfg))
         return SAEOutput(xs_hat / self.input_scale, code, fvu, aux_loss, losses, x_in.detach())
 
-    def _aux_loss(self, x_in, residual, dead_mask, aux_k) -> torch.Tensor:
+    def _aux_loss(self, x_in, residual, dead_mask, aux_k, W_dec) -> torch.Tensor:
         dead = dead_mask.nonzero().squeeze(-1)
         pre = F.linear(x_in, self.W_enc[dead], self.b_enc[dead])  # [B, n_dead]
         values, local = pre.topk(min(aux_k, dead.numel()), dim=-1, sorted=False)
-        residual_hat = F.embedding_bag(local, self.W_dec[dead], per_sample_weights=values.relu(), mode="sum")
+        residual_hat = F.embedding_bag(local, W_dec[dead], per_sample_weights=values.relu(), mode="sum")
         # Normalised like the FVU so its scale does not depend on the data's.
         return _fvu(residual, residual_hat)
 

@@ -148,7 +148,7 @@ def aux_zipf_loss(inputs: LossInputs, usage: torch.Tensor, exponent: float | Non
     _, local = (pre.relu() * deficit[under]).topk(min(aux_k, under.numel()), dim=-1, sorted=False)
     values = pre.gather(-1, local).relu()
     residual = inputs.x - inputs.x_hat.detach()
-    residual_hat = F.embedding_bag(local, sae.W_dec[under], per_sample_weights=values, mode="sum")
+    residual_hat = F.embedding_bag(local, inputs.W_dec[under], per_sample_weights=values, mode="sum")
     return fvu(residual, residual_hat)
 
 

@@ -259,17 +259,22 @@ class Trainer:
         sharded = callable(batches) and not hasattr(batches, "__iter__")
         sync = Collectives(acc.num_processes)
         stream = iter(batches(acc.process_index, acc.num_processes) if sharded else batches)
-        run = self._start(stream, sharded, sync)
-        model, run.opt = acc.prepare(run.sae, run.opt)
-        ran_out = False
-        while run.step < run.total_steps:
-            raw = next(run.stream, None)
-            if (not sync.all_true(raw is not None)) if sharded else raw is None:  # every process stops at the same step
-                ran_out = True
-                break
-            # A NaN or Inf in a batch makes the loss non-finite; the batch is searched only then.
-            self._train_step(run, model, self._check_batch(raw, run.step, check_finite=False), sync)
-        run.bar.close()
+        try:
+            run = self._start(stream, sharded, sync)
+            model, run.opt = acc.prepare(run.sae, run.opt)
+            ran_out = False
+            while run.step < run.total_steps:
+                raw = next(run.stream, None)
+                if (not sync.all_true(raw is not None)) if sharded else raw is None:  # every process stops at the same step
+                    ran_out = True
+                    break
+                # A NaN or Inf in a batch makes the loss non-finite; the batch is searched only then.
+                self._train_step(run, model, self._check_batch(raw, run.step, check_finite=False), sync)
+            run.bar.close()
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None and (sharded or stream is not batches):  # ours (a user's own iterator stays open):
+                close()  # its reader threads stop now, not at interpreter exit
         return self._finish(run, sync, ran_out)
 
     def _start(self, stream: Iterator, sharded: bool, sync: Collectives) -> "_Run":
@@ -293,7 +298,7 @@ class Trainer:
         sae.init_from_data_(sync.gather_rows(first) if sharded else first, cfg.b_dec_init)
         batch_size = first.shape[0]
         lr = cfg.learning_rate(self.sae_cfg.n_latents, batch_size * world)
-        sae.select_dtype = cfg.select_torch_dtype(sae.W_enc.dtype, sae.W_enc.device)
+        select_dtype = cfg.select_torch_dtype(sae.W_enc.dtype, sae.W_enc.device)  # of the choosing matmul
         opt = _make_optimizer(list(sae.parameters()), lr, cfg)
         last_fired = torch.zeros(self.sae_cfg.n_latents, dtype=torch.int64, device=acc.device)
         step, samples = 0, 0
@@ -313,7 +318,7 @@ class Trainer:
             else:
                 self._keep_metrics_up_to(step)
         bar = tqdm(total=total_steps, initial=step, desc="train SAE", disable=not (cfg.progress and acc.is_main_process), unit="step")
-        return _Run(sae=sae, opt=opt, stream=stream, lr=lr, batch_size=batch_size, world=world, total_steps=total_steps,
+        return _Run(sae=sae, opt=opt, stream=stream, lr=lr, select_dtype=select_dtype, batch_size=batch_size, world=world, total_steps=total_steps,
                     aux_k=cfg.aux_k or self.sae_cfg.d_in // 2, step=step, samples=samples, last_fired=last_fired,
                     last_saved=step, window=self._resumed_window or _Run.empty_window(), t_window=time.perf_counter(),
                     bar=bar)
@@ -325,7 +330,7 @@ class Trainer:
         for group in run.opt.param_groups:
             group["lr"] = run.lr * lr_factor(run.step, run.total_steps, cfg)
         dead = (run.samples - run.last_fired) > cfg.dead_after_samples
-        out = model(batch, dead_mask=dead, aux_k=run.aux_k)
+        out = model(batch, dead_mask=dead, aux_k=run.aux_k, select_dtype=run.select_dtype)
         loss = out.fvu
         if out.aux_loss is not None:
             loss = loss + cfg.aux_coefficient * out.aux_loss
@@ -406,8 +411,6 @@ class Trainer:
                 ShortDataWarning, stacklevel=3,
             )
         sae.eval()
-        chosen_in = sae.select_dtype
-        sae.select_dtype = None  # the returned SAE chooses exactly unless a trainer says otherwise
         if acc.is_main_process:
             self._save_checkpoint(sae, run.opt, run.last_fired, run.step, run.samples, run.batch_size * run.world)
         run.opt.zero_grad(set_to_none=True)
@@ -417,7 +420,7 @@ class Trainer:
         if acc.is_main_process:
             sae.save_pretrained(self.out_dir / SAE_DIR_NAME)
             # the settings as given, and what "None"/"auto" resolved to in this run
-            resolved = {"lr": run.lr, "select_dtype": str(chosen_in or sae.W_enc.dtype).removeprefix("torch."),
+            resolved = {"lr": run.lr, "select_dtype": str(run.select_dtype or sae.W_enc.dtype).removeprefix("torch."),
                         "batch_rows": run.batch_size * run.world, "steps": run.step, "samples": run.samples}
             atomic_write_bytes(self.out_dir / TRAIN_CFG_NAME, json.dumps({**cfg.to_dict(), "resolved": resolved}, indent=2).encode())
         acc.wait_for_everyone()
@@ -432,6 +435,7 @@ class _Run:
     opt: torch.optim.Optimizer
     stream: Iterator
     lr: float
+    select_dtype: torch.dtype | None
     batch_size: int
     world: int
     total_steps: int
