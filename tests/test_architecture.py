@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "visionsae"
-CORE = ["sae", "train", "sources", "concepts", "control", "audit", "attack", "zoo", "store.py", "store", "planted.py",
+CORE = ["sae", "train", "sources", "concepts", "control", "audit", "attack", "zoo", "store", "atomic.py", "planted.py",
         "inspection.py", "errors.py", "compat.py", "memory.py"]
 
 
@@ -69,3 +69,25 @@ def test_the_reader_sees_an_import_of_pipelines(tmp_path):
     f.write_text("def g():\n    from ..pipelines.itd import X\n    import argparse\n")
     names = _modules_imported(f, root=tmp_path)
     assert "visionsae.pipelines.itd" in names and "argparse" in names
+
+
+def _sources() -> list[Path]:
+    return sorted(list(PACKAGE.rglob("*.py")) + list((ROOT / "pipelines").glob("*.py")) + list((ROOT / "demos").glob("*.py")))
+
+
+def test_every_module_is_under_500_lines():
+    long = {str(p.relative_to(ROOT)): n for p in _sources() if (n := p.read_text().count("\n")) >= 500}
+    assert long == {}
+
+
+def test_every_function_is_under_80_lines_or_says_why():
+    """A longer function carries a comment just above its ``def`` that says why it is one piece."""
+    long = []
+    for p in _sources():
+        lines = p.read_text().splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                start = min([node.lineno] + [d.lineno for d in node.decorator_list])
+                if node.end_lineno - start + 1 >= 80 and not lines[start - 2].lstrip().startswith("#"):
+                    long.append(f"{p.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - start + 1} lines)")
+    assert long == []

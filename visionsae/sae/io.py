@@ -20,8 +20,6 @@ as ours does; ``benchmarks/interop.py`` checks that against the libraries themse
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +27,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..errors import InputNotFoundError, UsageError, write_failed
+from ..atomic import atomic_replace, atomic_write_bytes
+from ..errors import InputNotFoundError, UsageError
 from .config import FORMAT_VERSION, SAEConfig
 from .model import SparseAutoencoder, folded
 
@@ -38,58 +37,11 @@ WEIGHTS_NAME = "sae.safetensors"
 SAELENS_WEIGHTS = "sae_weights.safetensors"
 
 
-def _umask_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename: readers see the
-    old file or the new one, never half of one. A failed write (disk full, no permission)
-    leaves no temporary file and raises a :class:`~visionsae.errors.UsageError` naming ``path``."""
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.chmod(tmp, _umask_mode())  # mkstemp makes 0600 files; give the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise write_failed(path, exc) from None
-    except BaseException:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     """``safetensors`` ``save_file`` through a temporary file and a rename (see
     :func:`atomic_write_bytes`); the file gets the usual permissions (0644 under umask 022)."""
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
+    with atomic_replace(path, errors=(OSError, SafetensorError)) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        # after save_file: it writes a file of its own (0600) and renames it over ``tmp``
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except (OSError, SafetensorError) as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise write_failed(path, exc) from None
-    except BaseException:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 FORMATS = ("visionsae", "saelens", "sparsify")

@@ -5,7 +5,7 @@ generic prompts. Data only; each list appears in one family."""
 
 from __future__ import annotations
 
-from .captions import SYNONYMS, TRAIN_DESCRIPTIONS, TRAIN_TEMPLATES
+from .captions import HELDOUT_TEMPLATES, SYNONYMS, TRAIN_DESCRIPTIONS, TRAIN_TEMPLATES
 
 FAMILIES: tuple[str, ...] = ("select", "calibrate", "evaluate")
 KINDS: tuple[str, ...] = ("nouns", "basic_forms", "typos", "descriptions", "scenes")
@@ -42,14 +42,7 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         "{} photographed from above",
     ),
     "seen": (
-        "a clean shot of {}",
-        "{} on a white background",
-        "a thumbnail showing {}",
-        "a blurry photo of {}",
-        "a snapshot of {}",
-        "a fashion picture of {}",
-        "there is {} in this picture",
-        "an e-commerce photo of {}",
+        *HELDOUT_TEMPLATES,  # the zoo's held-out caption templates (captions.py)
         "a high quality photo of {}",
         "an old photo of {}",
         "a store display of {}",

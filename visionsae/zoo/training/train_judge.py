@@ -75,6 +75,8 @@ def evaluate(model: FashionJudge, images: torch.Tensor, labels: torch.Tensor) ->
     return (model.predict(images) == labels).float().mean().item()
 
 
+# 80 lines on purpose: one resumable run (model, optimiser, schedule, generator in one checkpoint),
+# read top to bottom in the order that made the shipped judge.
 def train(args) -> int:
     """The run ``visionsae zoo train-judge`` starts, from its parsed flags."""
     seed_everything(args.seed, args.threads)
