@@ -75,6 +75,7 @@ class Eraser:
         self._keep_stats = None
         self._keep_codes = None  # pooled SAE codes of the generic prompts (a typed linear concept)
         self._typed: dict[tuple, Any] = {}  # (name, examples) -> Concept
+        self._eraser_key: tuple | None = None  # the (concepts, mode, value, typed concept) the pipeline's eraser has
 
     # -- construction
 
@@ -273,16 +274,18 @@ class Eraser:
                 new_concept = {"name": new_name, "features": list(concept.features), "examples": len(examples),
                                "threshold": concept.threshold, "fpr_generic": concept.calibration["fpr"],
                                "generic_prompts": len(self.keep_prompts)}
-            self.pipe.set_eraser(self.sae, cs, names, mode=mode, value=value)
+            key = (tuple(names), mode, value, new_name, tuple(examples))
+            if key != self._eraser_key:  # the eraser is kept while requests erase the same concepts alike
+                self._eraser_key = None
+                self.pipe.set_eraser(self.sae, cs, names, mode=mode, value=value)
+                self._eraser_key = key
+            gen = lambda: torch.Generator(self.device).manual_seed(seed)  # noqa: E731
+            self.pipe.itd_enabled = False  # the stock image from the same pipeline object
             try:
-                gen = lambda: torch.Generator(self.device).manual_seed(seed)  # noqa: E731
-                self.pipe.itd_enabled = False
                 stock = self.pipe(prompt, generator=gen(), output_type="np", **settings).images[0]
-                self.pipe.itd_enabled = True
-                out = self.pipe(prompt, generator=gen(), output_type="np", **settings)
             finally:
                 self.pipe.itd_enabled = True
-                self.pipe.remove_erasers()
+            out = self.pipe(prompt, generator=gen(), output_type="np", **settings)
             features = self.fired_features(prompt, cs, names)
             seconds = time.perf_counter() - start
         erased = out.images[0]
