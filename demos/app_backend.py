@@ -239,27 +239,7 @@ class Eraser:
                            "another name.")
         if not names and not new_name:
             raise AppError("Pick at least one concept to erase, or type a new one with a few example prompts.")
-        mode = mode or self.mode
-        if mode not in ("zero", "scale"):
-            raise AppError(f"Unknown edit mode {mode!r}; expected 'zero' or 'scale'.")
-        try:
-            value = self.value if value is None else float(value)
-        except (TypeError, ValueError):
-            raise AppError(f"The strength must be a number, got {value!r}.") from None
-        if mode == "scale" and not (math.isfinite(value) and value < 0):
-            raise AppError(f"The strength of 'scale' must be a finite negative factor (it pushes the features the "
-                           f"other way), got {value:g}.")
-        if mode == "zero":
-            value = 0.0
-        seed = _whole_number(seed, "The seed")
-        if not 0 <= seed < 2**64:
-            raise AppError(f"The seed must be between 0 and 2**64 - 1, got {seed}.")
-        settings = dict(self.settings)
-        if steps is not None:
-            steps = _whole_number(steps, "Steps")
-            if not 1 <= steps <= 200:
-                raise AppError(f"Steps must be between 1 and 200, got {steps}.")
-            settings["num_inference_steps"] = steps
+        mode, value, seed, settings = self._request_settings(mode, value, seed, steps)
         with self._lock:
             start = time.perf_counter()
             cs = self.concepts
@@ -297,6 +277,31 @@ class Eraser:
         return EraseResult(prompt=prompt, stock=stock, erased=erased, decisions=out.concept_decisions[0],
                            identical=bool(np.array_equal(stock, erased)), features=features, new_concept=new_concept,
                            mode=mode, value=value, seconds=seconds, seed=seed, steps=settings["num_inference_steps"])
+
+    def _request_settings(self, mode, value, seed, steps) -> tuple[str, float, int, dict]:
+        """(mode, value, seed, sampling settings) of a request, each checked; the defaults where not given."""
+        mode = mode or self.mode
+        if mode not in ("zero", "scale"):
+            raise AppError(f"Unknown edit mode {mode!r}; expected 'zero' or 'scale'.")
+        try:
+            value = self.value if value is None else float(value)
+        except (TypeError, ValueError):
+            raise AppError(f"The strength must be a number, got {value!r}.") from None
+        if mode == "scale" and not (math.isfinite(value) and value < 0):
+            raise AppError(f"The strength of 'scale' must be a finite negative factor (it pushes the features the "
+                           f"other way), got {value:g}.")
+        if mode == "zero":
+            value = 0.0
+        seed = _whole_number(seed, "The seed")
+        if not 0 <= seed < 2**64:
+            raise AppError(f"The seed must be between 0 and 2**64 - 1, got {seed}.")
+        settings = dict(self.settings)
+        if steps is not None:
+            steps = _whole_number(steps, "Steps")
+            if not 1 <= steps <= 200:
+                raise AppError(f"Steps must be between 1 and 200, got {steps}.")
+            settings["num_inference_steps"] = steps
+        return mode, value, seed, settings
 
     # -- features and their labels
 
