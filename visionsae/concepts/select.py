@@ -80,11 +80,21 @@ def prompt_stats(sae: SparseAutoencoder, source, prompts: Sequence[str], top_n: 
     counts = torch.zeros(n)
     shares = torch.zeros(n)
     for acts in prompt_activations(source, prompts, batch_size, progress):
-        maxes = prompt_maxes(sae.encode(acts), n, skip_first)
-        top = maxes.topk(min(top_n, n), dim=1)
-        counts.index_add_(0, top.indices[top.values > 0].reshape(-1), torch.ones(int((top.values > 0).sum())))
-        shares += (maxes / maxes.sum(1, keepdim=True).clamp_min(1e-12)).sum(0)
+        batch = stats_of(prompt_maxes(sae.encode(acts), n, skip_first), top_n)
+        counts += batch.top_counts
+        shares += batch.share_sum
     return PromptStats(len(prompts), counts, shares)
+
+
+def stats_of(maxes: torch.Tensor, top_n: int = 10) -> PromptStats:
+    """:class:`PromptStats` (top-n counts, activation shares) of per-input latent maxes ``[N, n]``
+    (prompts here, conversations in :mod:`visionsae.control.sauce`)."""
+    top = maxes.topk(min(top_n, maxes.shape[1]), dim=1)
+    counts = torch.zeros(maxes.shape[1])
+    fired = top.values > 0
+    counts.index_add_(0, top.indices[fired], torch.ones(int(fired.sum())))
+    shares = (maxes / maxes.sum(1, keepdim=True).clamp_min(1e-12)).sum(0)
+    return PromptStats(maxes.shape[0], counts, shares)
 
 
 def select_features(

@@ -33,7 +33,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..concepts import Concept, ConceptSet, PromptStats, feature_union, sae_fingerprint, select_features
+from ..concepts import Concept, ConceptSet, feature_union, sae_fingerprint, select_features
+from ..concepts.select import stats_of
 from ..sae import SparseAutoencoder
 from ..sources.base import resolve_hook
 from .edit import EditSpec, FeatureEdit
@@ -108,16 +109,6 @@ def conversation_maxes(model: nn.Module, processor: Any, sae: SparseAutoencoder,
         buf.scatter_reduce_(0, flat, code.values.abs().reshape(-1).float(), reduce="amax")
         out[start : start + len(chunk)] = buf.view(len(chunk), n).cpu()
     return out
-
-
-def stats_of(maxes: torch.Tensor, top_n: int = 10) -> PromptStats:
-    """:class:`PromptStats` (top-n counts, activation shares) of conversation maxes ``[N, n]``."""
-    top = maxes.topk(min(top_n, maxes.shape[1]), dim=1)
-    counts = torch.zeros(maxes.shape[1])
-    fired = top.values > 0
-    counts.index_add_(0, top.indices[fired], torch.ones(int(fired.sum())))
-    shares = (maxes / maxes.sum(1, keepdim=True).clamp_min(1e-12)).sum(0)
-    return PromptStats(maxes.shape[0], counts, shares)
 
 
 def score_features(concept: torch.Tensor, others: torch.Tensor | Sequence[torch.Tensor], method: str = "mean_diff",
