@@ -22,7 +22,6 @@ import sys
 from typing import Sequence
 
 from ..errors import UsageError
-from ._args import CLIError
 
 # command path -> (module under visionsae.commands, one-line help)
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
@@ -55,7 +54,7 @@ GROUPS: dict[str, str] = {
     "zoo": "Rebuild the zoo's models (each reproduces its shipped folder; see assets/zoo/README.md).",
 }
 
-__all__ = ["COMMANDS", "GROUPS", "CLIError", "build_parser", "main"]
+__all__ = ["COMMANDS", "GROUPS", "build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,10 +26,6 @@ def add_erase_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"factor of --mode scale (default: {ERASE_VALUE:g}, chosen on the calibrate prompt family)")
 
 
-class CLIError(UsageError):
-    """A failure the user can fix; printed as one line without a traceback."""
-
-
 def field_docs(cls: type) -> dict[str, str]:
     """The docstring under each field of a dataclass (read from its source)."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))

@@ -52,18 +52,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..audit.inputs import build_source, read_folders, read_jsonl
-    from ._args import CLIError, dataclass_from_args
+    from ..errors import UsageError
+    from ._args import dataclass_from_args
     from ..audit.core import AuditConfig, run_audit
     from ..audit.report import write_report
 
     if args.jsonl:
         if args.real or args.generated:
-            raise CLIError("give either --jsonl or --real/--generated folders, not both")
+            raise UsageError("give either --jsonl or --real/--generated folders, not both")
         real, generated = read_jsonl(args.jsonl)
     elif args.real and args.generated:
         real, generated = read_folders(args.real, args.generated)
     else:
-        raise CLIError("give --real DIR and at least one --generated DIR, or --jsonl FILE")
+        raise UsageError("give --real DIR and at least one --generated DIR, or --jsonl FILE")
     cfg = dataclass_from_args(AuditConfig, args)
     source = build_source(args.model, args.hook, args.weights, args.device, args.resolution)
     result = run_audit(source, real, generated, args.out_dir, sae=args.sae, cfg=cfg)

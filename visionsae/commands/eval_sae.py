@@ -35,12 +35,11 @@ def run(args: argparse.Namespace) -> int:
     from ..eval.sae import (concept_agreement, concept_prompts, dark_matter, min_dark_matter_rows, planted_recovery, pool,
                             pooled_codes, prompt_tokens, random_like, reconstruction_metrics, stability, text_source)
     from ..sae import SparseAutoencoder
-    from ._args import CLIError
 
     if not (args.store or args.planted or args.concepts):
-        raise CLIError("say what to evaluate on: --store DIR, --planted, and/or --concepts")
+        raise UsageError("say what to evaluate on: --store DIR, --planted, and/or --concepts")
     if args.rows < 1 or args.batch_size < 1:
-        raise CLIError(f"--rows and --batch-size must be positive, got {args.rows} and {args.batch_size}")
+        raise UsageError(f"--rows and --batch-size must be positive, got {args.rows} and {args.batch_size}")
     saes = [SparseAutoencoder.from_pretrained(p) for p in args.saes]
     report: dict[str, Any] = {"saes": []}
     for path, sae in zip(args.saes, saes):
@@ -66,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
             model = args.model or sae.cfg.model
             hook = args.hook or sae.cfg.hook
             if not model or not hook:
-                raise CLIError("--concepts needs a text model and a hook: pass --model and --hook (the SAE's config names none)")
+                raise UsageError("--concepts needs a text model and a hook: pass --model and --hook (the SAE's config names none)")
             source = text_source(model, hook)
             prompts, members = concept_prompts(args.prompts_per_concept, seed=args.seed)
             rows, ids = prompt_tokens(source, prompts)

@@ -32,15 +32,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from ._args import CLIError, dataclass_from_args
+    from ..errors import UsageError
+    from ._args import dataclass_from_args
     from ..sae.config import SAEConfig
     from ..train.config import TrainConfig
     from ..train.trainer import NonFiniteBatchError, Trainer
 
     if args.batch_size < 1:
-        raise CLIError(f"--batch-size must be positive, got {args.batch_size}")
+        raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
     if args.d_in is not None and args.d_in < 1:
-        raise CLIError(f"--d-in must be a positive integer, got {args.d_in}")
+        raise UsageError(f"--d-in must be a positive integer, got {args.d_in}")
     train_cfg = dataclass_from_args(TrainConfig, args)
     store = None
     if args.store:
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
         store = ActivationStore.open(args.store)
         if args.d_in is not None and args.d_in != store.d_in:
-            raise CLIError(f"--d-in {args.d_in} does not match the store's d_in {store.d_in} ({args.store})")
+            raise UsageError(f"--d-in {args.d_in} does not match the store's d_in {store.d_in} ({args.store})")
         kinds = args.kinds.split(",") if args.kinds else None
         if kinds:
             from ..store import TokenKind
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
                                  sequential=args.sequential, rank=rank, world_size=world_size)
     else:
         if args.sequential:
-            raise CLIError("--sequential reads a store's sequences in order; it needs --store")
+            raise UsageError("--sequential reads a store's sequences in order; it needs --store")
         from ..planted import PlantedConfig, PlantedData
 
         planted = PlantedConfig(d_in=PlantedConfig.d_in if args.d_in is None else args.d_in, seed=train_cfg.seed)
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
             raise
         where = "; ".join(f"shard {r['shard']!r} row {r['row']} (input {r['input_id']})" for r in bad["first"])
         more = bad["rows"] - len(bad["first"])
-        raise CLIError(
+        raise UsageError(
             f"the store {args.store} holds NaN or Inf in {bad['rows']} rows: {where}"
             f"{f' and {more} more' if more else ''}; training stopped at step {exc.step}, before any update from them "
             "(re-extract those inputs, or train on another store)"
