@@ -176,3 +176,14 @@ def tiny_flux(clip_tok, t5_tok, seed: int = 0):
         text_encoder=tiny_clip_text(False, seed=seed + 1), tokenizer=clip_tok,
         text_encoder_2=tiny_t5(len(t5_tok), seed=seed + 2), tokenizer_2=t5_tok, transformer=transformer,
     )
+
+
+def rule_state_from(sae, x):
+    """``sae`` after one training pass on ``x`` and its rule's ``after_step``, as the trainer
+    makes them, with no optimizer step: batch rules (batchtopk, featurechoice, mutualchoice)
+    get their inference thresholds, other rules' weights stay as they are. Returns ``sae`` in
+    eval mode."""
+    sae.train()
+    with torch.no_grad():
+        sae.rule.after_step(sae, sae(x))
+    return sae.eval()

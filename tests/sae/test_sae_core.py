@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from tiny_models import rule_state_from
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,11 +18,7 @@ def _trained_like(rule: str, d: int = 24, n: int = 96, k: int = 5, seed: int = 0
     with torch.no_grad():
         sae.b_enc.normal_(0, 0.3)
         sae.b_dec.normal_(0, 0.3)
-    # One training pass gives batch rules (batchtopk, featurechoice, mutualchoice) their
-    # inference thresholds, as training would; it leaves the other rules' weights as they are.
-    sae.train()
-    sae(torch.randn(64, d))
-    return sae.eval()
+    return rule_state_from(sae, torch.randn(64, d))
 
 
 @pytest.mark.parametrize("n", [40, 256])  # 256 latents for k=4: row_topk's grouped path
@@ -39,7 +36,7 @@ def test_sparse_kernels_match_plain_autograd(rule_cls, n):
     bags = LatentBags()  # shared by the encoder's and the decoder's backward, as in the SAE
     for enc, dec in ((lambda x, *a: sparse_encode(x, *a, bags=bags, center=center), lambda *a: sparse_decode(*a, bags=bags)),
                      (lambda x, *a: plain_encode(x - center, *a), plain_decode)):
-        rule = rule_cls(cfg)  # fresh: BatchTopK updates its threshold in training
+        rule = rule_cls(cfg)
         values, indices = enc(x, W_enc, b_enc, rule.select)
         loss = (dec(values, indices, W_dec) - target).pow(2).sum()
         grads.append(torch.autograd.grad(loss, (x, W_enc, b_enc, W_dec, center)))
@@ -253,3 +250,47 @@ def test_remove_parallel_grads_leaves_only_the_orthogonal_part():
     torch.testing.assert_close((sae.W_dec.grad * w).sum(1), torch.zeros(64), atol=1e-5, rtol=0)
     expected = g - (g * w).sum(1, keepdim=True) * w  # the textbook projection
     torch.testing.assert_close(sae.W_dec.grad, expected)
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_a_training_pass_changes_no_state_until_after_step(rule):
+    # select / dense / losses are pure, in training mode too: state kept by rule (thresholds,
+    # usage, adapted biases) changes only in after_step, once per optimizer step
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(SAEConfig(d_in=16, n_latents=64, k=4, sparsity=rule))
+    sae.train()
+    x = torch.randn(32, 16)
+    before = {k: v.clone() for k, v in sae.state_dict().items()}
+    out = sae(x)
+    sum(out.losses.values(), out.fvu).backward()
+    with torch.no_grad():
+        sae(x[:16])  # another pass (as an evaluation in training mode would make): pure too
+    after = sae.state_dict()
+    assert all(torch.equal(before[k].nan_to_num(), after[k].nan_to_num()) for k in before), rule
+    with torch.no_grad():
+        sae.rule.after_step(sae, out)
+    if sae.rule.adaptive_state:  # the rule's own state moved, from this step's code
+        assert any(not torch.equal(before[k].nan_to_num(), sae.state_dict()[k].nan_to_num()) for k in sae.rule.adaptive_state)
+
+
+@pytest.mark.parametrize("rule", ["batchtopk", "featurechoice"])
+def test_after_step_sets_the_threshold_the_rule_defines(rule):
+    # BatchTopK: the smallest activation the batch kept; Feature Choice: per latent, the
+    # smallest of its m chosen pre-activations (0 where one of them was not positive)
+    torch.manual_seed(1)
+    sae = SparseAutoencoder(SAEConfig(d_in=16, n_latents=64, k=4, sparsity=rule))
+    sae.train()
+    x = torch.randn(48, 16)
+    with torch.no_grad():
+        sae.b_enc[:8] = -10.0  # latents that fire on no input
+        out = sae(x)
+        sae.rule.after_step(sae, out)
+        pre = sae.pre_acts(x)
+    if rule == "batchtopk":
+        expected = pre.relu().flatten().topk(4 * 48).values.min()
+        torch.testing.assert_close(sae.rule.threshold, expected.to(sae.rule.threshold.dtype))
+    else:
+        m = sae.rule.capacity(48)
+        expected = pre.topk(m, dim=0).values.min(0).values.clamp_min(0)
+        torch.testing.assert_close(sae.rule.threshold, expected.to(sae.rule.threshold.dtype))
+        assert (expected == 0).any() and (expected > 0).any()  # both branches of the rule seen

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import rule_state_from
 from safetensors.torch import load_file
 
 from visionsae.sae import RULES, SAEConfig, SparseAutoencoder
@@ -85,9 +86,7 @@ def _ours(rule: str) -> SparseAutoencoder:
     with torch.no_grad():
         sae.b_enc.normal_(0, 0.3)
     sae.init_from_data_(torch.randn(64, 16) * 7 + 2)  # an input scale that the export folds
-    sae.train()
-    sae(torch.randn(64, 16) * 7 + 2)  # batchtopk's inference threshold
-    return sae.eval()
+    return rule_state_from(sae, torch.randn(64, 16) * 7 + 2)  # batchtopk's inference threshold
 
 
 @pytest.mark.parametrize("fmt, rule", [("saelens", "topk"), ("saelens", "relu"), ("saelens", "jumprelu"),

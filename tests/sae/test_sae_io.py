@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from tiny_models import rule_state_from
 from safetensors.torch import save_file
 
 from visionsae.sae import RULES, SAEConfig, SparseAutoencoder
@@ -16,9 +17,7 @@ def _sae(rule: str) -> SparseAutoencoder:
     with torch.no_grad():
         sae.b_enc.normal_(0, 0.2)
     sae.init_from_data_(torch.randn(64, 16) * 7 + 2)
-    sae.train()  # batch rules get their inference thresholds from a training pass
-    sae(torch.randn(64, 16))
-    return sae.eval()
+    return rule_state_from(sae, torch.randn(64, 16))
 
 
 @pytest.mark.parametrize("rule", sorted(RULES))

@@ -141,12 +141,10 @@ def test_featurechoice_gives_each_latent_exactly_m_inputs():
     sae, _ = trained("featurechoice")
     rule = sae.rule
     x = DATA.batch(7, BATCH)
-    threshold = rule.threshold.clone()
     rule.train()
     with torch.no_grad():
         pre = sae.pre_acts(x)
         values, indices = rule.select(pre)
-    rule.threshold.copy_(threshold)  # leave the shared SAE as it was
     rule.eval()
     m = rule.capacity(BATCH)
     assert m == round(8 * BATCH / 256)
@@ -165,10 +163,8 @@ def test_mutualchoice_spends_k_times_batch_over_the_whole_batch():
     sae, _ = trained("mutualchoice")
     x = DATA.batch(7, BATCH)
     sae.rule.train()
-    threshold = sae.rule.threshold.clone()
     with torch.no_grad():
         values, _ = sae.rule.select(sae.pre_acts(x))
-    sae.rule.threshold.copy_(threshold)
     sae.rule.eval()
     per_input = (values != 0).sum(-1)
     assert int(per_input.sum()) == 8 * BATCH

@@ -7,6 +7,11 @@ sparse encoder in training and by inference; a *dense* rule implements
 terms to the loss (``losses``: its penalty, e.g. L1 or L0) and says how to ``merge`` candidates
 found in chunks of latents, so inference never needs the whole ``[tokens x n_latents]`` matrix
 at once.
+
+The contract: ``select`` / ``dense`` / ``infer`` / ``merge`` / ``losses`` are pure (calling them
+changes nothing, in training mode too); state a rule keeps by rule rather than by gradient
+(BatchTopK's and Feature Choice's inference thresholds, usage statistics, GBA's biases) changes
+only in ``after_step``, which the trainer calls once per optimizer step with the step's output.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ class SparsityRule(nn.Module):
     # a lower-precision matmul and compute the chosen values exactly (kernels.sparse_encode).
     rough_select: bool = False
     # The SAE's tensors (state-dict keys) this rule sets by rule rather than by gradient (in
-    # select or after_step, from the batch); data-parallel training averages them across
+    # after_step, from the step's code); data-parallel training averages them across
     # processes after every step so that every replica keeps the same state.
     adaptive_state: tuple[str, ...] = ()
     # True where merge() of the choices made on chunks of latents is the choice over all of
@@ -139,13 +144,14 @@ class AbsTopK(SparsityRule):
 class BatchTopK(SparsityRule):
     """The k*B largest pre-activations of the whole batch in training (Bussmann et al. 2024).
 
-    Training also tracks a threshold (running mean of the smallest kept activation); at
+    Training also tracks a threshold (running mean of the smallest kept activation, in
+    ``after_step``); at
     inference a latent is active where its pre-activation exceeds it, so one input's code
     never depends on the rest of its batch.
     """
 
     uses_k = True
-    rough_select = True  # the threshold then tracks the choosing matmul's values
+    rough_select = True
     momentum = 0.01
     adaptive_state = ("rule.threshold",)
 
@@ -179,16 +185,19 @@ class BatchTopK(SparsityRule):
         keep_width = max(int(kept.sum(-1).max()), 1)
         values, order = (cand * kept).topk(keep_width, dim=-1, sorted=False)
         indices = cand_idx.gather(-1, order)
-        values = values * (values > 0)
-        with torch.no_grad():
-            positive = flat_top[flat_top > 0]
-            if positive.numel():
-                low = positive.min().to(self.threshold.dtype)
-                if torch.isnan(self.threshold):
-                    self.threshold.copy_(low)
-                else:
-                    self.threshold.lerp_(low, self.momentum)
-        return values, indices
+        return values * (values > 0), indices
+
+    def after_step(self, sae, out):
+        """The inference threshold follows the smallest activation the step's code kept
+        (a running mean), in the precision the code's values are computed in."""
+        values = out.code.values
+        positive = values[values > 0]
+        if positive.numel():
+            low = positive.min().to(self.threshold.dtype)
+            if torch.isnan(self.threshold):
+                self.threshold.copy_(low)
+            else:
+                self.threshold.lerp_(low, self.momentum)
 
 
 class _StepSTE(torch.autograd.Function):

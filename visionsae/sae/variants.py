@@ -171,6 +171,7 @@ class _AuxZipf:
         return {"aux_zipf": self.aux_zipf_coefficient * loss}
 
     def after_step(self, sae, out):
+        super().after_step(sae, out)  # the rule it is mixed into (Mutual Choice: BatchTopK's threshold)
         values, indices = out.code
         fired = torch.zeros_like(self.usage)
         fired.index_add_(0, indices[values != 0], torch.ones_like(values[values != 0], dtype=fired.dtype))
@@ -215,19 +216,29 @@ class FeatureChoice(SparsityRule):
         if not self.training:
             return self._thresholded(pre_acts)
         m = self.capacity(pre_acts.shape[0])
-        top, rows = pre_acts.topk(m, dim=0, sorted=False)  # [m, n]: each latent's chosen inputs
+        _, rows = pre_acts.topk(m, dim=0, sorted=False)  # [m, n]: each latent's chosen inputs
         chosen = torch.zeros_like(pre_acts, dtype=torch.bool).scatter_(0, rows, True)
         width = max(int(chosen.sum(-1).max()), 1)
         key = pre_acts.masked_fill(~chosen, float("-inf"))
         _, indices = key.topk(min(width, pre_acts.shape[-1]), dim=-1, sorted=False)
-        values = pre_acts.gather(-1, indices).relu() * chosen.gather(-1, indices)
-        with torch.no_grad():
-            low = top.min(0).values.clamp_min(0).to(self.threshold.dtype)  # a negative one would fire on any positive input
-            if torch.isnan(self.threshold).any():
-                self.threshold.copy_(low)
-            else:
-                self.threshold.lerp_(low, self.momentum)
-        return values, indices
+        return pre_acts.gather(-1, indices).relu() * chosen.gather(-1, indices), indices
+
+    def after_step(self, sae, out):
+        """Each latent's threshold follows the smallest value it took in the step's code (a
+        running mean). A latent's non-zero entries are its chosen inputs with a positive
+        pre-activation; with fewer than ``m`` of them it chose a non-positive one, and its
+        smallest is 0 (a negative threshold would fire on any positive input)."""
+        values, indices = out.code
+        m = self.capacity(values.shape[0])
+        positive = values > 0
+        ids, kept = indices[positive], values[positive].to(self.threshold.dtype)
+        low = torch.full_like(self.threshold, math.inf).scatter_reduce_(0, ids, kept, "amin")
+        count = torch.zeros_like(self.threshold).index_add_(0, ids, torch.ones_like(kept))
+        low = torch.where(count >= m, low, torch.zeros_like(low))
+        if torch.isnan(self.threshold).any():
+            self.threshold.copy_(low)
+        else:
+            self.threshold.lerp_(low, self.momentum)
 
     def infer(self, pre_acts, start: int = 0):
         return self._thresholded(pre_acts, start)
