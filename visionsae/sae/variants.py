@@ -19,6 +19,7 @@ terms) and ``after_step`` (state updated by rule, not gradient).
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -30,52 +31,6 @@ from .sparsity import BatchTopK, SparsityRule, TopK, _pack_nonzero, register
 
 
 # ------------------------------------------------------------------------------ top-AFA
-class _BoundTopAFA:
-    """top-AFA applied to one call: remembers each input's target norm."""
-
-    sparse = True
-
-    def __init__(self, cap: int, target: torch.Tensor, row_norms: torch.Tensor, n_latents: int) -> None:
-        self.cap = cap
-        self.target = target  # [B] norm of each centred input
-        self.row_norms = row_norms  # [n_latents] decoder row norms (1 while training)
-        self.n_latents = n_latents
-
-    def _candidates(self, pre: torch.Tensor, start: int):
-        """The ``cap`` largest decoded contributions of a chunk: raw values, local indices."""
-        relu = pre.relu()
-        scaled = relu * self.row_norms[start : start + pre.shape[-1]]
-        _, indices = scaled.topk(min(self.cap, pre.shape[-1]), dim=-1, sorted=False)
-        return relu.gather(-1, indices), indices
-
-    def _choose(self, values: torch.Tensor, indices: torch.Tensor):
-        """Keep, per row, the largest-contribution prefix whose norm is closest to the target."""
-        scaled = values * self.row_norms[indices]
-        scaled, order = scaled.sort(-1, descending=True)
-        width = min(self.cap, order.shape[-1])
-        scaled, order = scaled[:, :width], order[:, :width]
-        norms = scaled.pow(2).cumsum(-1).sqrt()  # norm of the code keeping 1, 2, ... latents
-        count = (norms - self.target[:, None]).abs().argmin(-1) + 1  # [B], at least one
-        keep = torch.arange(width, device=values.device)[None, :] < count[:, None]
-        return values.gather(-1, order) * keep, indices.gather(-1, order)
-
-    def select(self, pre_acts):
-        values, indices = self._candidates(pre_acts, 0)
-        return self._choose(values, indices)
-
-    def infer(self, pre_acts, start: int = 0):
-        values, indices = self._candidates(pre_acts, start)
-        if pre_acts.shape[-1] == self.n_latents:  # one chunk holds every latent: decide now
-            return self._choose(values, indices)
-        return values, indices  # candidates; merge decides once every chunk is seen
-
-    def merge(self, values, indices):
-        return self._choose(values, indices)
-
-    def losses(self, inputs):
-        return {}
-
-
 @register("topafa")
 class TopAFA(SparsityRule):
     """The k of each input is chosen so that the norm of the kept latents' decoded
@@ -85,15 +40,52 @@ class TopAFA(SparsityRule):
     the candidates each chunk of latents passes on at inference, so chunking is exact).
     Both norms scale alike when the input scale is folded into the weights, so the code of
     a saved SAE is the code it had in training.
+
+    The code depends on the input, not only on its pre-activations: :meth:`bind` returns this
+    rule for one call (a shallow copy sharing its tensors) knowing each input's norm and the
+    decoder's row norms; the rule itself, unbound, cannot select.
     """
 
     uses_k = True
+    _target: torch.Tensor | None = None  # [B] norm of each centred input (set by bind)
+    _row_norms: torch.Tensor | None = None  # [n_latents] decoder row norms (1 while training)
 
     def bind(self, sae, x_in):
-        return _BoundTopAFA(self.k, x_in.norm(dim=-1), sae.W_dec.detach().norm(dim=1), sae.cfg.n_latents)
+        call = copy.copy(self)
+        call._target, call._row_norms = x_in.norm(dim=-1), sae.W_dec.detach().norm(dim=1)
+        return call
+
+    def _candidates(self, pre: torch.Tensor, start: int):
+        """The ``k`` largest decoded contributions of a chunk: raw values, local indices."""
+        if self._target is None:
+            raise RuntimeError("topafa needs the input's norm: use it through SparseAutoencoder, which binds it")
+        relu = pre.relu()
+        scaled = relu * self._row_norms[start : start + pre.shape[-1]]
+        _, indices = scaled.topk(min(self.k, pre.shape[-1]), dim=-1, sorted=False)
+        return relu.gather(-1, indices), indices
+
+    def _choose(self, values: torch.Tensor, indices: torch.Tensor):
+        """Keep, per row, the largest-contribution prefix whose norm is closest to the target."""
+        scaled = values * self._row_norms[indices]
+        scaled, order = scaled.sort(-1, descending=True)
+        width = min(self.k, order.shape[-1])
+        scaled, order = scaled[:, :width], order[:, :width]
+        norms = scaled.pow(2).cumsum(-1).sqrt()  # norm of the code keeping 1, 2, ... latents
+        count = (norms - self._target[:, None]).abs().argmin(-1) + 1  # [B], at least one
+        keep = torch.arange(width, device=values.device)[None, :] < count[:, None]
+        return values.gather(-1, order) * keep, indices.gather(-1, order)
 
     def select(self, pre_acts):
-        raise RuntimeError("topafa needs the input's norm: use it through SparseAutoencoder, which binds it")
+        return self._choose(*self._candidates(pre_acts, 0))
+
+    def infer(self, pre_acts, start: int = 0):
+        values, indices = self._candidates(pre_acts, start)
+        if pre_acts.shape[-1] == self._row_norms.shape[0]:  # one chunk holds every latent: decide now
+            return self._choose(values, indices)
+        return values, indices  # candidates; merge decides once every chunk is seen
+
+    def merge(self, values, indices):
+        return self._choose(values, indices)
 
 
 # ----------------------------------------------------------- Feature / Mutual Choice
