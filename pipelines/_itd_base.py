@@ -102,7 +102,7 @@ class _ItDMixin:
         return out
 
     def _edits(self) -> list[tuple[str, FeatureEdit]]:
-        return [(n, e.edit) for n, e in self._erasers] + list(self._steers)
+        return [(n, e) for n, e in self._erasers] + list(self._steers)
 
     def _set_enabled(self, on: bool) -> None:
         for _, edit in self._edits():
@@ -243,7 +243,7 @@ class _ItDMixin:
         concepts = self._state("concepts", {})
         saes, sets, erasers, steers = {}, {}, [], []
         for name, eraser in self._erasers:
-            saes[name], sets[name] = eraser.edit.sae, concepts[name]
+            saes[name], sets[name] = eraser.sae, concepts[name]
             erasers.append({"encoder": name, "sae": name, "concepts": f"{name}.json", "settings": eraser.settings()})
         for i, (name, edit) in enumerate(self._steers):
             key = f"steering-{i}"

@@ -67,12 +67,13 @@ def test_gate_selects_inputs_and_features():
     out, h2, _ = _layer_code(model, sae, x, edit)
     assert torch.equal(out[1], base[1]) and torch.equal(out[3], base[3])
     assert edit.record.flagged.tolist() == [True, False, True, False]
-    per_feature = lambda h, c: torch.tensor([[True, False]] * 4)  # noqa: E731
+    per_feature = lambda h, c: torch.tensor([[[True, False]]] * 4)  # noqa: E731  [B, 1, F]: on every token
     _, h3, _ = _layer_code(model, sae, x, FeatureEdit(model, "0", sae, EditSpec(feats[:1])))
     _, h4, _ = _layer_code(model, sae, x, FeatureEdit(model, "0", sae, EditSpec(feats), gate=per_feature))
     torch.testing.assert_close(h3, h4)
-    with pytest.raises(ValueError, match="gate returned shape"):
-        _layer_code(model, sae, x, FeatureEdit(model, "0", sae, EditSpec(feats), gate=lambda h, c: torch.ones(4, 3, dtype=torch.bool)))
+    for bad in ((4, 3), (4, 2), (4, 1, 3), (3, 1, 1)):  # [B, F] or [B, T] alone is ambiguous: refused
+        with pytest.raises(ValueError, match="gate returned shape"):
+            _layer_code(model, sae, x, FeatureEdit(model, "0", sae, EditSpec(feats), gate=lambda h, c: torch.ones(*bad, dtype=torch.bool)))
 
 
 def test_without_error_the_output_is_the_edited_reconstruction():
@@ -84,17 +85,23 @@ def test_without_error_the_output_is_the_edited_reconstruction():
     torch.testing.assert_close(h2, sae.decode(type(code)(edited, code.indices)), rtol=1e-5, atol=1e-5)
 
 
-def test_token_mask_policy():
+def test_a_per_token_gate_edits_only_its_tokens():
     model, sae, x = _setup()
     base, h, code = _layer_code(model, sae, x)
-    edit = steering_edit(model, "0", sae, [3], "strong", tokens="mask")
-    edit.token_mask = torch.zeros(4, 6, dtype=torch.bool)
-    edit.token_mask[:, :2] = True
+    tokens = torch.zeros(4, 6, 1, dtype=torch.bool)
+    tokens[:, :2] = True
+    edit = FeatureEdit(model, "0", sae, EditSpec([3], mode="add", value=TIERS["strong"], tokens="all"), gate=lambda h, c: tokens)
     _, h2, _ = _layer_code(model, sae, x, edit)
     assert torch.equal(h2[:, 2:], h[:, 2:]) and not torch.equal(h2[:, :2], h[:, :2])
-    edit.token_mask = torch.zeros(4, 5, dtype=torch.bool)
-    with pytest.raises(ValueError, match="token_mask has shape"):
-        _layer_code(model, sae, x, edit)
+    assert edit.record.edited_tokens.tolist() == tokens[..., 0].tolist()
+    # zeroing: of the gate's tokens, those where a feature fires
+    active = code.indices.masked_fill(code.values <= 0, -1)
+    f = min(set(active[:, :2].flatten().tolist()) & set(active[:, 2:].flatten().tolist()) - {-1})
+    fires = ((code.indices == f) & (code.values > 0)).any(-1)  # [B, T]: inside the gate's tokens and outside
+    edit = FeatureEdit(model, "0", sae, EditSpec([f]), gate=lambda h, c: tokens)
+    _, h3, _ = _layer_code(model, sae, x, edit)
+    assert torch.equal(edit.record.edited_tokens, fires & tokens[..., 0]) and edit.record.edited_tokens.any()
+    assert torch.equal(h3[~edit.record.edited_tokens], h[~edit.record.edited_tokens])
 
 
 def test_steering_tiers_grow_and_follow_the_direction():

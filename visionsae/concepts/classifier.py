@@ -108,7 +108,8 @@ def metrics(positive: torch.Tensor, negative: torch.Tensor, threshold: float) ->
 class ConceptClassifier:
     """Classifies inputs by concept from the SAE code; doubles as a FeatureEdit gate.
 
-    ``gate(h, code)`` returns ``[B, F]``: for each input, which of the union's edit features
+    ``gate(h, code)`` returns ``[B, 1, F]`` (a :class:`~visionsae.control.FeatureEdit` gate's
+    mask, on every token): for each input, which of the union's edit features
     (:attr:`feature_ids`; a concept's ``edit_features``, else its classifier features) belong
     to a concept the input was flagged for. Every call's decisions are kept in
     :attr:`decisions` (one dict per input).
@@ -154,7 +155,7 @@ class ConceptClassifier:
         return scores, scores >= self._thresholds
 
     def gate(self, h: torch.Tensor, code: SparseCode, also: torch.Tensor | None = None) -> torch.Tensor:
-        """The edit features to deactivate per input ``[B, F]``; ``also [B, C]`` flags inputs for
+        """The edit features to deactivate per input ``[B, 1, F]``; ``also [B, C]`` flags inputs for
         concepts whatever their scores (the eraser's name gate: such decisions say ``"named"``)."""
         scores, flagged = self.classify(h, code)
         named = also.to(flagged.device) & ~flagged if also is not None else torch.zeros_like(flagged)
@@ -165,4 +166,4 @@ class ConceptClassifier:
                     **({"named": True} if named[b, c] else {})}
                 for c, n in enumerate(self.names)
             })
-        return (flagged.float() @ self._membership.float() > 0)  # [B, F]
+        return (flagged.float() @ self._membership.float() > 0)[:, None, :]  # [B, 1, F]: every token

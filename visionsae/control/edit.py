@@ -2,8 +2,9 @@
 
 A :class:`FeatureEdit` is a forward hook on one module. On every call it takes the
 module's output activations ``h [B, T, d]`` (or ``[B, d]``), encodes them with the SAE,
-asks its *gate* which inputs to treat, and for those inputs only changes the chosen
-latents on the chosen tokens:
+asks its *gate* which of the chosen latents to treat on which tokens of which inputs (a
+mask ``[B, T, F]``: ItD's classifier passes whole inputs for the concepts it flags, SAUCE
+the image tokens of calls of its model), and changes only those:
 
 * ``zero``  — deactivate them (ItD erasure, SAUCE);
 * ``scale`` — multiply them by ``value`` (a negative value pushes the other way);
@@ -32,10 +33,12 @@ from ..sae import SparseAutoencoder, SparseCode
 from ..sources.base import output_tensor, resolve_module
 
 MODES = ("zero", "scale", "clamp", "add")
-TOKEN_POLICIES = ("active", "all", "mask")
+TOKEN_POLICIES = ("active", "all")
 
-# gate(h [B, T, d], code [B, T, w]) -> which inputs to edit: [B] bool, or [B, F] bool saying
-# which of the edit's F features (sorted ids) to edit in each input. May record decisions.
+# gate(h [B, T, d], code [B, T, w]) -> which features to edit on which tokens: a bool tensor
+# [B, T, F] over the edit's F features (sorted ids), or one with size-1 dimensions that
+# broadcast to it: [B, 1, 1] whole inputs, [B, 1, F] features per input, [B, T, 1] tokens per
+# input ([B] is read as [B, 1, 1]). May record decisions.
 Gate = Callable[[torch.Tensor, SparseCode], torch.Tensor]
 
 
@@ -50,7 +53,8 @@ class EditSpec:
     value: float = 0.0
     """Factor of ``scale``, value of ``clamp``, strength of ``add``."""
     tokens: str = "active"
-    """active: tokens where a chosen latent fires; all: every token; mask: the ``token_mask`` set on the edit."""
+    """Of the tokens the gate passes: active, those where a chosen latent fires; all, every one
+    (for ``add``: steer tokens whether or not the features fire)."""
     keep_error: bool = True
     """Add the SAE's reconstruction error back (edit only the chosen features)."""
 
@@ -69,7 +73,7 @@ class EditSpec:
 class EditRecord:
     """What the last call of the hook did (for outputs and tests)."""
 
-    flagged: torch.Tensor | None = None  # [B] bool
+    flagged: torch.Tensor | None = None  # [B] bool: inputs the gate passed on some token
     edited_tokens: torch.Tensor | None = None  # [B, T] bool
     calls: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -79,7 +83,8 @@ class FeatureEdit:
     """A forward hook on ``model``'s module ``hook`` that edits ``sae`` features.
 
     Use as a context manager or call :meth:`attach` / :meth:`detach`; :attr:`enabled`
-    switches it off without removing it. ``gate`` (default: every input) decides per input.
+    switches it off without removing it. ``gate`` (default: everything) decides which features
+    to edit on which tokens of each input (see :data:`Gate`).
     """
 
     def __init__(
@@ -100,7 +105,6 @@ class FeatureEdit:
         self.spec = spec
         self.gate = gate
         self.enabled = True
-        self.token_mask: torch.Tensor | None = None  # [B, T] bool, for tokens="mask"
         self.record = EditRecord()
         self._handle = None
         self._feature_ids = torch.tensor(sorted({int(f) for f in spec.features}), dtype=torch.long)
@@ -133,7 +137,7 @@ class FeatureEdit:
         return _replace_output(output, new)
 
     def apply(self, h: torch.Tensor) -> torch.Tensor:
-        """The edited activations (``h`` itself when no input is flagged).
+        """The edited activations (``h`` itself when nothing is edited).
 
         Differentiable where autograd is on: the edited output's gradient reaches the model's
         layers below the hook (and the SAE), so models with an edit attached can be attributed
@@ -142,27 +146,22 @@ class FeatureEdit:
         squeeze = h.ndim == 2
         h3 = h[:, None, :] if squeeze else h  # [B, T, d]
         code = self.sae.encode(h3.to(self.sae.W_enc.dtype))
-        n_feat = self._feature_ids.numel()
-        if self.gate is None:
-            decision = torch.ones(h3.shape[0], dtype=torch.bool, device=h.device)
-        else:
-            decision = self.gate(h3, code).to(h.device)
-        if decision.ndim == 1:
-            feature_mask = decision[:, None].expand(-1, n_feat)
-        elif decision.shape == (h3.shape[0], n_feat):
-            feature_mask = decision
-        else:
-            raise UsageError(f"the gate returned shape {tuple(decision.shape)}; expected [{h3.shape[0]}] or [{h3.shape[0]}, {n_feat}]")
-        flagged = feature_mask.any(-1)
+        mask = self._gate_mask(h3, code)  # [B, T, F]
+        flagged = mask.flatten(1).any(-1)
         self.record.flagged = flagged
         self.record.edited_tokens = torch.zeros(h3.shape[:2], dtype=torch.bool, device=h.device)
         if not bool(flagged.any()):
             return h
         rows = flagged.nonzero().squeeze(-1)
-        sub = SparseCode(code.values[rows], code.indices[rows])  # [b, T, w]
-        delta, tokens = self._delta(h3[rows], sub, rows, feature_mask[rows])
+        sub, mask = SparseCode(code.values[rows], code.indices[rows]), mask[rows]  # [b, T, w], [b, T, F]
+        current = self._current(sub) * mask  # each passed latent's value (0 where silent or not passed)
+        tokens = (current != 0).any(-1) if self.spec.tokens == "active" else mask.any(-1)
         if not bool(tokens.any()):
             return h
+        if self.spec.mode == "add":
+            delta = self._steer(h3[rows], mask)
+        else:
+            delta = self._suppress(h3[rows], sub, current)
         out = h3.clone()
         edited = out[rows]
         edited[tokens] = (edited[tokens].to(delta.dtype) + delta[tokens]).to(h.dtype)
@@ -170,48 +169,52 @@ class FeatureEdit:
         self.record.edited_tokens[rows] = tokens
         return out[:, 0, :] if squeeze else out
 
-    def _delta(self, h: torch.Tensor, code: SparseCode, rows: torch.Tensor, feature_mask: torch.Tensor):
-        """Change of the activations ``[b, T, d]`` and the tokens it applies to ``[b, T]``;
-        ``feature_mask [b, F]`` says which features each input edits."""
-        spec, sae = self.spec, self.sae
+    def _gate_mask(self, h3: torch.Tensor, code: SparseCode) -> torch.Tensor:
+        """The gate's decision as a bool ``[B, T, F]`` (a broadcast view)."""
+        shape = (*h3.shape[:2], self._feature_ids.numel())
+        if self.gate is None:
+            return torch.ones(1, 1, 1, dtype=torch.bool, device=h3.device).expand(shape)
+        decision = self.gate(h3, code).to(h3.device, torch.bool)
+        if decision.ndim == 1:
+            decision = decision[:, None, None]
+        if decision.ndim != 3 or decision.shape[0] != shape[0] or any(d not in (1, s) for d, s in zip(decision.shape[1:], shape[1:])):
+            raise UsageError(f"the gate returned shape {tuple(decision.shape)}; expected [{shape[0]}, {shape[1]} or 1, "
+                             f"{shape[2]} or 1] (inputs, tokens, the edit's features) or [{shape[0]}]")
+        return decision.expand(shape)
+
+    def _current(self, code: SparseCode) -> torch.Tensor:
+        """Each chosen latent's value on each token ``[b, T, F]`` (0 where it is silent)."""
         ids = self._feature_ids.to(code.indices.device)
-        # current value of each chosen latent on each token (0 where it is silent): [b, T, F]
         match = code.indices.unsqueeze(-2) == ids[:, None]  # [b, T, F, w]
-        current = (code.values.unsqueeze(-2) * match).sum(-1) * feature_mask[:, None, :]
-        if spec.tokens == "active":
-            tokens = (current != 0).any(-1)
-        elif spec.tokens == "all":
-            tokens = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)
-        else:
-            if self.token_mask is None:
-                raise UsageError("tokens='mask' needs edit.token_mask set to a [batch, tokens] bool tensor")
-            if tuple(self.token_mask.shape) != (self.record.flagged.shape[0], h.shape[1]):
-                raise UsageError(
-                    f"token_mask has shape {tuple(self.token_mask.shape)}; expected "
-                    f"[{self.record.flagged.shape[0]}, {h.shape[1]}] (batch, tokens)"
-                )
-            tokens = self.token_mask.to(h.device)[rows]
-        W = sae.W_dec[ids]  # [F, d]
-        scale = sae.input_scale.to(W.dtype)
-        if spec.mode == "add":
-            if not bool(feature_mask.all()):
-                raise UsageError("mode 'add' steers all of its features; the gate must flag whole inputs")
-            direction = W.sum(0)
-            direction = direction / direction.norm().clamp_min(1e-12)
-            # strength in units of each input's mean token norm, so tiers mean the same on
-            # any layer and no input's edit depends on the rest of its batch
-            size = h.float().norm(dim=-1).mean(dim=1)[:, None, None]  # [b, 1, 1]
-            return (spec.value * size * direction).to(W.dtype).expand(*h.shape[:2], -1), tokens
+        return (code.values.unsqueeze(-2) * match).sum(-1)
+
+    def _suppress(self, h: torch.Tensor, code: SparseCode, current: torch.Tensor) -> torch.Tensor:
+        """zero / scale / clamp: the change of the activations ``[b, T, d]`` that moves the
+        passed latents from ``current`` to their edited values."""
+        spec, sae = self.spec, self.sae
+        W = sae.W_dec[self._feature_ids.to(sae.W_dec.device)]  # [F, d]
         if spec.mode == "zero":
             target = torch.zeros_like(current)
         elif spec.mode == "scale":
             target = current * spec.value
         else:  # clamp where the latent fires
             target = torch.where(current != 0, torch.full_like(current, spec.value), current)
-        delta = ((target - current).to(W.dtype) @ W) / scale
+        delta = ((target - current).to(W.dtype) @ W) / sae.input_scale.to(W.dtype)
         if not spec.keep_error:
             delta = sae.decode(code).to(W.dtype) - h.to(W.dtype) + delta  # bare reconstruction, edited
-        return delta, tokens
+        return delta
+
+    def _steer(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """add: ``value`` x the features' unit decoder direction, in units of each input's mean
+        token norm (so tiers mean the same on any layer and no input's edit depends on the
+        rest of its batch), ``[b, T, d]``."""
+        if not bool((mask == mask[..., :1]).all()):
+            raise UsageError("mode 'add' steers all of its features; the gate must pass whole tokens or inputs")
+        W = self.sae.W_dec[self._feature_ids.to(self.sae.W_dec.device)]
+        direction = W.sum(0)
+        direction = direction / direction.norm().clamp_min(1e-12)
+        size = h.float().norm(dim=-1).mean(dim=1)[:, None, None]  # [b, 1, 1]
+        return (self.spec.value * size * direction).to(W.dtype).expand(*h.shape[:2], -1)
 
 
 def _replace_output(output: Any, new: torch.Tensor) -> Any:

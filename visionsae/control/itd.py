@@ -3,8 +3,8 @@
 The SAE at one text-encoder layer classifies each prompt per concept (zero-shot, from the
 same code); for a flagged prompt only, the flagged concepts' features are deactivated on
 the tokens where they fire, the SAE's reconstruction error kept. A prompt that carries no
-target concept passes through bit-identical. It is one :class:`FeatureEdit` gated by a
-:class:`ConceptClassifier`.
+target concept passes through bit-identical. The eraser is a :class:`FeatureEdit` whose gate
+is a :class:`ConceptClassifier`, plus a hook before the encoder for the gates below.
 
 A second gate reads each prompt's *normal form* (:mod:`visionsae.concepts.normalize`:
 homoglyphs, spelled-out letters, leetspeak and misspellings of the concepts' words read as
@@ -40,8 +40,9 @@ class _Stop(Exception):
     """Raised by a capture hook to end a forward pass once the hooked layer has run."""
 
 
-class ItDEraser:
-    """Erase ``names`` (default: every concept of the set) from ``text_encoder``.
+class ItDEraser(FeatureEdit):
+    """Erase ``names`` (default: every concept of the set) from ``text_encoder``: a
+    :class:`FeatureEdit` at the hook point, gated by the concepts' classifier.
 
     ``mode`` / ``value``: how to deactivate (``zero``; ``scale`` by a negative ``value``
     pushes the features the other way). The hook point is ``hook``, else the concept set's,
@@ -70,7 +71,7 @@ class ItDEraser:
             raise UsageError("no hook point: pass hook=..., or use an SAE / concept set that records one")
         self.classifier = ConceptClassifier(sae, concepts, names)
         spec = EditSpec(self.classifier.feature_ids.tolist(), mode=mode, value=value, tokens="active", keep_error=keep_error)
-        self.edit = FeatureEdit(text_encoder, hook, sae, spec, gate=self._gate)
+        super().__init__(text_encoder, hook, sae, spec, gate=self._gate)
         self.text_encoder = text_encoder
         self.tokenizer = tokenizer
         words = sorted({w for n in self.classifier.names for w in concepts[n].vocabulary})
@@ -101,31 +102,17 @@ class ItDEraser:
     def names(self) -> list[str]:
         return self.classifier.names
 
-    @property
-    def enabled(self) -> bool:
-        return self.edit.enabled
-
-    @enabled.setter
-    def enabled(self, value: bool) -> None:
-        self.edit.enabled = value
-
     def attach(self) -> "ItDEraser":
-        self.edit.attach()
+        super().attach()
         if (self.normalizer is not None or self.matcher is not None) and self._pre_handle is None:
             self._pre_handle = self.text_encoder.register_forward_pre_hook(self._normal_form_gate, with_kwargs=True)
         return self
 
     def detach(self) -> None:
-        self.edit.detach()
+        super().detach()
         if self._pre_handle is not None:
             self._pre_handle.remove()
             self._pre_handle = None
-
-    def __enter__(self) -> "ItDEraser":
-        return self.attach()
-
-    def __exit__(self, *exc) -> None:
-        self.detach()
 
     def pop_decisions(self) -> list[dict]:
         """Decisions recorded since the last call (one dict per prompt encoded); a prompt read
@@ -140,7 +127,7 @@ class ItDEraser:
         with the eraser attached. Returns one decision dict per prompt (as :meth:`pop_decisions`)."""
         if self.tokenizer is None:
             raise UsageError("flag() needs the encoder's tokenizer: pass tokenizer= to ItDEraser")
-        attached = self._pre_handle is not None or self.edit._handle is not None
+        attached = self._pre_handle is not None or self._handle is not None
         pending = self.pop_decisions()  # a caller's decisions not yet popped stay theirs
         out: list[dict] = []
         if not attached:
@@ -179,7 +166,7 @@ class ItDEraser:
         if self._reading:
             return None
         self._read_as, self._named = {}, None
-        if not self.edit.enabled:
+        if not self.enabled:
             return None
         positional = bool(args)
         ids = args[0] if positional else kwargs.get("input_ids")
@@ -247,8 +234,8 @@ class ItDEraser:
             captured["h"] = output_tensor(output)
             raise _Stop
 
-        handle = self.edit.module.register_forward_hook(grab)
-        self.edit.enabled, self._reading = False, True
+        handle = self.module.register_forward_hook(grab)
+        self.enabled, self._reading = False, True  # the encoder's own run, unedited
         try:
             kwargs = {} if attention_mask is None else {"attention_mask": attention_mask}
             self.text_encoder(ids, **kwargs)
@@ -256,8 +243,8 @@ class ItDEraser:
             pass
         finally:
             handle.remove()
-            self.edit.enabled, self._reading = True, False
+            self.enabled, self._reading = True, False
         h = captured["h"]
         h3 = h[:, None, :] if h.ndim == 2 else h
-        _, flagged = self.classifier.classify(h3.to(self.edit.sae.W_enc.dtype))
+        _, flagged = self.classifier.classify(h3.to(self.sae.W_enc.dtype))
         return flagged

@@ -14,10 +14,11 @@ scores) are kept. The result is a :class:`~visionsae.concepts.ConceptSet` (JSON)
 
 At inference (:class:`SAUCEUnlearner`) the concepts' features are suppressed on the image
 tokens only (``tokens="image"``) or wherever they fire (``"all"``) — zeroed, scaled by a
-negative factor or clamped — with the SAE's reconstruction error kept. It is one
-:class:`FeatureEdit`, ungated; the token mask of the image policy is read from each call's
-``input_ids``. Concepts that share a setting are one edit over the union of their features;
-``enabled`` switches it off without touching the model.
+negative factor or clamped — with the SAE's reconstruction error kept. It is
+:class:`FeatureEdit` s gated per token: inside a call of the model, the image-token positions
+of that call's ``input_ids`` (or every token); outside one, nothing. Concepts that share a
+setting are one edit over the union of their features; ``enabled`` switches them off without
+touching the model.
 
 How many of a concept's features to suppress and how hard is a per-concept choice
 (:func:`calibrate_unlearning`): on calibration images, the mildest setting that stops the
@@ -232,15 +233,11 @@ class SAUCEUnlearner:
             c = concepts[name]
             setting = (mode, value) if mode is not None else (c.calibration.get("mode", "zero"), float(c.calibration.get("value", 0.0)))
             groups.setdefault(setting, []).append(name)
-        self.edits = []
-        for (m, v), group in groups.items():
-            spec = EditSpec(feature_union(concepts, group).tolist(), mode=m, value=v,
-                            tokens="mask" if tokens == "image" else "active", keep_error=keep_error)
-            edit = FeatureEdit(model, hook, sae, spec)
-            edit.enabled = False  # on only inside the model's own forward
-            self.edits.append(edit)
+        self.edits = [FeatureEdit(model, hook, sae, EditSpec(feature_union(concepts, group).tolist(), mode=m, value=v,
+                                                            tokens="active", keep_error=keep_error), gate=self._gate)
+                      for (m, v), group in groups.items()]
         self.settings = {n: {"mode": m, "value": v} for (m, v), group in groups.items() for n in group}
-        self.enabled = True
+        self._tokens: torch.Tensor | None = None  # [B, T, 1] of the model's call under way; None outside one
         self._handles: list = []
 
     @property
@@ -251,24 +248,41 @@ class SAUCEUnlearner:
     def features(self) -> list[int]:
         return sorted({f for e in self.edits for f in e._feature_ids.tolist()})
 
-    def _before(self, module, args, kwargs) -> None:
-        if not self.enabled:
-            return
-        mask = None
-        if self.tokens == "image":
-            ids = kwargs.get("input_ids", args[0] if args else None)
-            if ids is None:
-                raise UsageError("SAUCE on image tokens needs input_ids (it finds the image positions there), "
-                                 "not inputs_embeds; pass input_ids or unlearn with tokens='all'")
-            mask = ids == self.image_token_id  # [B, T]; no image token after the prompt
+    @property
+    def enabled(self) -> bool:
+        return all(e.enabled for e in self.edits)
+
+    @enabled.setter
+    def enabled(self, on: bool) -> None:
         for edit in self.edits:
-            edit.token_mask = mask
-            edit.enabled = True
+            edit.enabled = bool(on)
+
+    def _before(self, module, args, kwargs) -> None:
+        """A call of the model begins: the tokens its edits may change."""
+        if self.tokens == "all":
+            self._tokens = torch.ones(1, 1, 1, dtype=torch.bool)
+            return
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            if not self.enabled:
+                return
+            raise UsageError("SAUCE on image tokens needs input_ids (it finds the image positions there), "
+                             "not inputs_embeds; pass input_ids or unlearn with tokens='all'")
+        self._tokens = (ids == self.image_token_id)[:, :, None]  # [B, T, 1]; no image token after the prompt
 
     def _after(self, module, args, kwargs, output) -> None:
-        for edit in self.edits:
-            edit.enabled = False
-            edit.token_mask = None
+        self._tokens = None
+
+    def _gate(self, h: torch.Tensor, code) -> torch.Tensor:
+        """The edits' gate: the tokens of the model's call under way, none outside one (a wrapper
+        sharing the layers with another model object is not edited)."""
+        if self._tokens is None:
+            return torch.zeros(h.shape[0], dtype=torch.bool)
+        mask = self._tokens
+        if mask.shape[0] not in (1, h.shape[0]) or mask.shape[1] not in (1, h.shape[1]):
+            raise UsageError(f"the model's input_ids have shape {tuple(mask.shape[:2])}, the hooked layer's activations "
+                             f"{tuple(h.shape[:2])} (batch, tokens): SAUCE on image tokens needs them to match")
+        return mask.expand(h.shape[0], -1, -1)
 
     def attach(self) -> "SAUCEUnlearner":
         if not self._handles:
