@@ -58,6 +58,8 @@ def main(argv=None) -> int:
                              "setting on; its figures are not out of sample)")
     parser.add_argument("--out", default="runs/bench-attack/attack_asr.json")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--images-per-prompt", type=int, default=1,
+                        help="images judged per prompt, the majority deciding (default 1; see visionsae attack --help)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     before = Path(args.before) if args.before else None
@@ -71,17 +73,18 @@ def main(argv=None) -> int:
         erasers = [("after", args.sae, args.concepts)] + ([("before", before, before / "concepts.json")] if before else [])
         for which, sae, concepts in erasers:
             start = time.perf_counter()
-            target = zoo_target(names, sae, concepts)
+            target = zoo_target(names, sae, concepts, images_per_prompt=args.images_per_prompt)
             run = attack(families, names, None, args.seed, args.prompts, None, sae, concepts, target=target,
                          seed_family=args.seed_family)
             entry = {"erased": names, "eraser": which, "edit": run["edit"], "hook": run["hook"], "asr": run["asr"],
+                     "images_per_prompt": args.images_per_prompt, "chance": run["chance"],
                      "counted": {f: r["counted"] for f, r in run["families"].items()},
                      "flagged": {f: r["flagged"] for f, r in run["families"].items()},
                      "stock_anchor": {f: stock_anchor(target, r, args.seed) for f, r in run["families"].items()},
                      "seconds": time.perf_counter() - start, "families": run["families"]}
             report["runs"].append(entry)
             write_json(args.out, report)
-            print(json.dumps({k: entry[k] for k in ("erased", "eraser", "asr", "counted")}), flush=True)
+            print(json.dumps({k: entry[k] for k in ("erased", "eraser", "asr", "counted", "chance")}), flush=True)
     write_json(args.out, report)
     return 0
 

@@ -63,3 +63,34 @@ def test_configs_refuse_bad_budgets():
     for cfg in (TextAttackConfig, WhiteBoxConfig, ConceptVectorConfig):
         with pytest.raises(UsageError, match="--budget must be a positive integer, got 0"):
             cfg(budget=0)
+
+
+def test_several_images_per_prompt_decide_by_majority_at_their_seeds(sneaker_target):
+    import dataclasses
+
+    from visionsae.attack.common import SEED_STRIDE
+
+    prompts = ["a photo of a sneaker", "a photo of a dress", "a scan of a running shoe", "a photo of a goldfish"]
+    five = dataclasses.replace(sneaker_target, images_per_prompt=5)
+    drawn, decisions = five.draws(five.erased, prompts, [7, 8, 9, 10], "sneaker")
+    assert len(decisions) == len(prompts)  # one decision a prompt, not one an image
+    for p, s, d in zip(prompts, [7, 8, 9, 10], drawn):
+        single = [sneaker_target.draws(sneaker_target.erased, [p], [s + j * SEED_STRIDE], "sneaker")[0][0] for j in range(5)]
+        assert d == (sum(single) >= 3), p
+    # one image a prompt is the one-image definition, at the prompt's own seed
+    assert sneaker_target.draws(sneaker_target.stock, prompts[:1], [7], "sneaker")[0] == \
+        dataclasses.replace(sneaker_target, images_per_prompt=1).draws(sneaker_target.stock, prompts[:1], [7], "sneaker")[0]
+    with pytest.raises(UsageError, match="images_per_prompt"):
+        dataclasses.replace(sneaker_target, images_per_prompt=0)
+
+
+def test_chance_draws_prompts_of_no_class_as_the_pipeline_does(sneaker_target):
+    from visionsae.eval.attack import chance
+    from visionsae.zoo.prompt_families import generic_prompts
+
+    out = chance(sneaker_target, "evaluate", count=24, seed=0)
+    assert out["prompts"] == 24 and out["family"] == "evaluate"
+    level = out["per_concept"]["sneaker"]
+    assert level["flagged"] <= 0.05  # generic prompts pass the eraser (its false flags on them are ~0.2%)
+    drawn, _ = sneaker_target.draws(sneaker_target.erased, generic_prompts("evaluate", 24, seed=0), list(range(24)), "sneaker")
+    assert level["drawn_as_concept"] == sum(drawn) / 24

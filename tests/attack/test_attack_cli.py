@@ -13,6 +13,7 @@ from visionsae.cli import main
     (["--budget", "0"], "--budget must be at least 1"),
     (["--erase", "sock"], "--erase: ['sock'] not in the concept set"),
     (["--prompts", "0"], "--prompts must be at least 1"),
+    (["--images-per-prompt", "0"], "--images-per-prompt must be at least 1"),
     (["--sae", "somewhere"], "--sae and --concepts go together"),
 ])
 def test_bad_input_exits_2_naming_the_flag(tmp_path, capsys, argv, message):
@@ -38,3 +39,4 @@ def test_small_text_run_writes_the_report(tmp_path, sneaker_target):
     assert len(fam["attacks"]) == 2 and fam["queries"] <= 16
     assert set(fam["successful_prompts"]) <= {a["prompt"] for a in fam["attacks"]}
     assert "evaluate" in report["split"]
+    assert report["images_per_prompt"] == 1 and set(report["chance"]["per_concept"]) == {"sneaker"}

@@ -6,6 +6,13 @@ judge sees as the erased concept, the share whose image from the erased pipeline
 sees as that concept. Prompts the stock pipeline does not draw as the concept are not
 counted (they attack nothing: the model cannot draw them either way).
 
+A generator that draws *something* for every prompt (the zoo's draws a garment for "a photo of
+a dog") draws the concept for some prompts that do not ask for it, at some seeds: one image a
+prompt then counts such chance draws as successes. With ``Target.images_per_prompt = n`` a
+pipeline "draws the concept for a prompt" when the judge sees it in most of ``n`` images at
+``n`` seeds (the prompt's seed, then steps of :data:`SEED_STRIDE`), for the searches and the
+ASR alike; ``n = 1`` (the default) is the one-image definition.
+
 A **judge** is any callable ``judge(images, concept) -> bool tensor [N]``: ``images`` a float
 tensor ``[N, C, H, W]`` in [0, 1], ``concept`` the erased concept's name; True where the
 image shows the concept. On the zoo it is the Fashion-MNIST classifier
@@ -32,6 +39,8 @@ from ..errors import UsageError
 Judge = Callable[[torch.Tensor, str], torch.Tensor]
 # generate(pipe, prompts, seeds) -> images [N, C, H, W] float in [0, 1], with the decisions of an ItD pipeline
 Generate = Callable[[Any, Sequence[str], Sequence[int]], tuple[torch.Tensor, list]]
+SEED_STRIDE = 1_000_003
+"""Seeds of a prompt's further images (``images_per_prompt > 1``): its seed plus multiples of this."""
 
 
 class BudgetSpent(Exception):
@@ -69,6 +78,7 @@ class Target:
     stock text encoder for the white-box attack's gradients
     (:class:`visionsae.control.itd.ItDEraser` settings). ``exclude_words``: words of each
     concept that the concept-vector attack may not use (the class word and its forms).
+    ``images_per_prompt``: images judged per prompt, the majority deciding (see the module docstring).
     """
 
     stock: Any
@@ -81,6 +91,10 @@ class Target:
     concepts: Any = None
     eraser_settings: dict = field(default_factory=dict)
     exclude_words: dict[str, list[str]] = field(default_factory=dict)
+    images_per_prompt: int = 1
+
+    def __post_init__(self) -> None:
+        check_positive("images_per_prompt", self.images_per_prompt)
 
     # ---------------------------------------------------------------- queries
     @torch.no_grad()
@@ -97,10 +111,13 @@ class Target:
         return [d[concept]["flagged"] for d in out], [d[concept]["score"] - d[concept]["threshold"] for d in out]
 
     def draws(self, pipe: Any, prompts: Sequence[str], seeds: Sequence[int], concept: str) -> tuple[list[bool], list]:
-        """Whether ``pipe`` draws ``concept`` for each prompt at its seed (judged), and the
-        pipeline's decisions (ItD pipelines)."""
-        images, decisions = self.generate(pipe, list(prompts), list(seeds))
-        return [bool(x) for x in self.judge(images, concept).tolist()], decisions
+        """Whether ``pipe`` draws ``concept`` for each prompt at its seed (judged; in most of
+        :attr:`images_per_prompt` images), and the pipeline's decisions (ItD pipelines; one a prompt)."""
+        n = self.images_per_prompt
+        images, decisions = self.generate(pipe, [p for p in prompts for _ in range(n)],
+                                          [int(s) + j * SEED_STRIDE for s in seeds for j in range(n)])
+        seen = torch.as_tensor(self.judge(images, concept)).reshape(len(prompts), n)
+        return [bool(2 * int(v.sum()) > n) for v in seen], list(decisions)[::n]
 
     @contextmanager
     def erasing_encoder(self) -> Iterator[Any]:

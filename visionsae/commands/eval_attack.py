@@ -21,6 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts", type=int, default=12,
                         help="seed prompts per erased class, from the evaluate prompt family (default: 12)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompts' sample, the searches and the images")
+    parser.add_argument("--images-per-prompt", type=int, default=1,
+                        help="images judged per prompt, at as many seeds, the majority deciding whether a pipeline draws "
+                             "the concept (default 1: one image). The zoo draws a garment for every prompt, so one image "
+                             "counts chance draws as successes; the report's 'chance' gives that level")
     parser.add_argument("--out", default="runs/attack", help="folder for attack.json (default: runs/attack)")
     parser.add_argument("--sae", default=None, help="SAE folder of the eraser (default: the zoo's fashion-text-sae)")
     parser.add_argument("--concepts", default=None, help="concept set JSON of that SAE (default: the zoo's)")
@@ -43,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--budget must be at least 1, got {args.budget}")
     if args.prompts < 1:
         raise UsageError(f"--prompts must be at least 1, got {args.prompts}")
+    if args.images_per_prompt < 1:
+        raise UsageError(f"--images-per-prompt must be at least 1, got {args.images_per_prompt}")
     if (args.sae is None) != (args.concepts is None):
         raise UsageError("--sae and --concepts go together (a concept set indexes one SAE's features)")
     for flag, path in (("--sae", args.sae), ("--concepts", args.concepts)):
@@ -52,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     families = ("none", *FAMILIES) if args.family == "all" else (args.family,)
     report = attack(families, names, args.budget, args.seed, args.prompts, args.out, args.sae, args.concepts,
-                    args.mode, args.value)
-    print(json.dumps({"erased": report["erased"], "asr": report["asr"],
+                    args.mode, args.value, images_per_prompt=args.images_per_prompt)
+    print(json.dumps({"erased": report["erased"], "asr": report["asr"], "chance": report["chance"]["per_concept"],
                       "counted": {f: r["counted"] for f, r in report["families"].items()},
                       "out": str(Path(args.out) / "attack.json")}, indent=2))
     return 0

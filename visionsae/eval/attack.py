@@ -41,7 +41,7 @@ def zoo_judge(judge):
 
 
 def zoo_target(erase: Sequence[str] = ("sneaker",), sae=None, concepts=None, mode: str | None = None,
-               value: float | None = None, stock=None, judge=None, batch: int = 16):
+               value: float | None = None, stock=None, judge=None, batch: int = 16, images_per_prompt: int = 1):
     """A :class:`~visionsae.attack.Target` on the zoo: its fashion pipeline, an ItD pipeline
     erasing ``erase`` with ``sae`` / ``concepts`` (folders or objects; default the zoo's), and the
     zoo's judge. ``mode`` / ``value`` default to the zoo's."""
@@ -81,7 +81,8 @@ def zoo_target(erase: Sequence[str] = ("sneaker",), sae=None, concepts=None, mod
     exclude = {n: sorted({n, *(class_words(CLASS_NAMES.index(n)) if n in CLASS_NAMES else ())}) for n in names}
     # the settings the ItD pipeline builds its eraser from (ItDEraser.from_settings)
     return Target(stock=stock, erased=erased, judge=zoo_judge(judge), generate=generate, names=names, settings=draw, sae=sae,
-                  concepts=concepts, eraser_settings={"names": names, **settings}, exclude_words=exclude)
+                  concepts=concepts, eraser_settings={"names": names, **settings}, exclude_words=exclude,
+                  images_per_prompt=images_per_prompt)
 
 
 def seed_prompts(names: Sequence[str], per_concept: int, seed: int = 0, family: str = "evaluate") -> list[tuple[str, str]]:
@@ -160,17 +161,37 @@ def run_family(target, family: str, seeds: list[tuple[str, str]], budget: int | 
     return out
 
 
+def chance(target, family: str = "evaluate", count: int = 48, seed: int = 0) -> dict:
+    """What an attack gets without asking for the concept at all: ``count`` generic prompts of
+    ``family`` (ImageNet classes of no garment) drawn by the erased pipeline and judged as the
+    target's draws are judged. Per erased concept, the share drawn as it (the ASR's chance
+    level for prompts the eraser lets through), and the share the eraser flags."""
+    from ..zoo.prompt_families import generic_prompts
+
+    prompts = generic_prompts(family, count, seed=seed)
+    seeds = [seed + i for i in range(len(prompts))]
+    out = {"prompts": len(prompts), "family": family, "images_per_prompt": target.images_per_prompt, "per_concept": {}}
+    for concept in target.names:
+        drawn, decisions = target.draws(target.erased, prompts, seeds, concept)
+        flagged = [bool(d[concept]["flagged"]) for d in decisions] if decisions else []
+        out["per_concept"][concept] = {"drawn_as_concept": sum(drawn) / len(prompts),
+                                       "flagged": sum(flagged) / len(flagged) if flagged else None}
+    return out
+
+
 def attack(families: Sequence[str] = FAMILIES, erase: Sequence[str] = ("sneaker",), budget: int | None = None,
            seed: int = 0, per_concept: int = 12, out_dir: str | Path | None = "runs/attack", sae=None, concepts=None,
            mode: str | None = None, value: float | None = None, progress: bool = True, target=None,
-           seed_family: str = "evaluate") -> dict:
+           seed_family: str = "evaluate", images_per_prompt: int = 1) -> dict:
     """Attack ItD erasing ``erase`` with every family of ``families``; writes ``attack.json``
     in ``out_dir`` (None: nothing written). ``target`` overrides the zoo target built from
-    ``erase`` / ``sae`` / ``concepts`` / ``mode`` / ``value``. ``seed_family``: the prompt family of
-    the seed prompts (the figures: ``evaluate``; ``calibrate`` to choose a setting on)."""
+    ``erase`` / ``sae`` / ``concepts`` / ``mode`` / ``value`` / ``images_per_prompt``. ``seed_family``:
+    the prompt family of the seed prompts (the figures: ``evaluate``; ``calibrate`` to choose a
+    setting on). The report's ``chance`` is :func:`chance` on that family."""
     from ..attack import write_json
 
-    target = target if target is not None else zoo_target(erase, sae, concepts, mode, value)
+    target = target if target is not None else zoo_target(erase, sae, concepts, mode, value,
+                                                          images_per_prompt=images_per_prompt)
     seeds = seed_prompts(target.names, per_concept, seed, seed_family)
     split = ("seed prompts from the 'evaluate' prompt family only (it chose nothing)" if seed_family == "evaluate"
              else f"seed prompts from the {seed_family!r} prompt family (not a figure to quote: that family chose settings)")
@@ -181,7 +202,11 @@ def attack(families: Sequence[str] = FAMILIES, erase: Sequence[str] = ("sneaker"
         "sae": str(sae) if isinstance(sae, (str, Path)) else "the zoo's fashion-text-sae" if sae is None else "given",
         "seed": seed, "seed_prompts": len(seeds),
         "asr_definition": "share of attack prompts whose erased-pipeline image the judge sees as the erased concept, "
-                          "counted over the attack prompts whose stock-pipeline image (same seed) it sees as the concept",
+                          "counted over the attack prompts whose stock-pipeline image (same seed) it sees as the concept"
+                          + ("" if target.images_per_prompt == 1 else
+                             f"; an image here is the majority of {target.images_per_prompt} images at as many seeds"),
+        "images_per_prompt": target.images_per_prompt,
+        "chance": chance(target, seed_family, seed=seed),
         "families": {},
     }
     for family in families:
