@@ -86,6 +86,8 @@ if not crashed:
 acc.wait_for_everyone()
 seen.append(torch.empty(0, 32))
 save("resumed", Trainer(sae_cfg, cfg.replace(out_dir=f"{out}/resumed", resume=True), accelerator=acc).fit(own_part))
+acc.wait_for_everyone()
+torch.distributed.destroy_process_group()  # the script started the group: it ends it (PyTorch's shutdown rule)
 """
 
 
@@ -144,3 +146,25 @@ def test_two_processes_read_disjoint_halves_and_keep_identical_replicas(tmp_path
                 assert torch.equal(resumed[key], whole[key]), f"resumed rank {r}: {key} differs"
     steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [4, 8, 12, 16]
+
+
+def test_the_train_command_under_torchrun_ends_its_process_group(tmp_path):
+    # `visionsae train` under torchrun, as a user runs it: both processes finish with exit status 0,
+    # and the process group the command started is destroyed before the interpreter exits
+    # (PyTorch's shutdown rule: gloo's threads left to interpreter exit may abort a finished run)
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import sys\nimport torch.distributed as dist\nfrom visionsae.cli import main\n"
+        "rc = main(sys.argv[1:])\nprint('group left:', dist.is_initialized(), flush=True)\nsys.exit(rc)\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+         str(30100 + os.getpid() % 1000), str(script), "train", "--planted", "--d-in", "32", "--n-latents", "64",
+         "--k", "4", "--batch-size", "64", "--total-samples", "2048", "--out-dir", str(tmp_path / "run"), "--no-progress",
+         "--checkpoint-every", "0"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.count("group left: False") == 2, proc.stdout[-2000:]
+    assert (tmp_path / "run" / "sae" / "sae.safetensors").exists()

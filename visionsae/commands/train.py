@@ -72,6 +72,9 @@ def run(args: argparse.Namespace) -> int:
         planted = PlantedConfig(d_in=PlantedConfig.d_in if args.d_in is None else args.d_in, seed=train_cfg.seed)
         sae_cfg = dataclass_from_args(SAEConfig, args, d_in=planted.d_in, extra={"planted": planted.to_dict()})
         batches = PlantedData(planted).batches(args.batch_size)
+    import torch.distributed as dist
+
+    ours = dist.is_available() and not dist.is_initialized()  # under torchrun, the Trainer's Accelerator starts the group
     trainer = Trainer(sae_cfg, train_cfg)
     try:
         sae = trainer.fit(batches)
@@ -90,4 +93,10 @@ def run(args: argparse.Namespace) -> int:
         ) from None
     if trainer.accelerator.is_main_process:
         print(json.dumps({"sae": f"{train_cfg.out_dir}/sae", "d_in": sae.cfg.d_in, "n_latents": sae.cfg.n_latents, "sparsity": sae.cfg.sparsity}))
+    if ours and dist.is_initialized():
+        # A group this command started ends with it, after a run every process finished (PyTorch's
+        # shutdown rule: left to interpreter exit, gloo's threads may outlive the work they hold
+        # and abort the process after the run succeeded)
+        trainer.accelerator.wait_for_everyone()
+        dist.destroy_process_group()
     return 0
