@@ -3,6 +3,7 @@ summary of their ranks (the generator and the audit themselves run in tests/audi
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -85,3 +86,23 @@ def test_test_figures_leave_out_the_dev_seed():
     assert pooled["omit"]["test_seeds"]["ranks"] == [7, 3] and pooled["omit"]["all_seeds"]["ranks"] == [1, 7, 3]
     assert pooled["exag"]["test_seeds"]["worst"] is None and "itd" not in pooled
     assert pooled_ranks({"0": seeds["0"]})["omit"]["test_seeds"] is None
+
+
+def test_the_rotation_jsonl_reads_back_from_any_working_directory(tmp_path, monkeypatch):
+    # `visionsae eval audit --out-dir runs/x` (a relative folder): the pool's paths are relative to
+    # the working directory, the JSONL's to its own folder, as `visionsae audit --jsonl` reads them
+    from visionsae.eval.audit import write_pairs
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "x").mkdir(parents=True)
+    pool = _pool(tmp_path / "runs" / "x")
+    for r in pool["records"]:  # as _save records them: relative to the working directory
+        r["real"] = str(Path(r["real"]).relative_to(tmp_path))
+        r["draws"] = [str(Path(d).relative_to(tmp_path)) for d in r["draws"]]
+        r["erased"] = str(Path(r["erased"]).relative_to(tmp_path))
+    records, _ = plant_records(pool, ["bag"], seed=0)
+    jsonl = write_pairs(records, Path("runs") / "x" / "seed0" / "pairs.jsonl")
+    monkeypatch.chdir("/")
+    real_set, gens = read_jsonl(tmp_path / jsonl)
+    for s in [real_set, *gens]:
+        assert all(Path(p).is_file() for p in s.items), s.name
