@@ -91,7 +91,7 @@ def test_test_figures_leave_out_the_dev_seed():
 def test_the_rotation_jsonl_reads_back_from_any_working_directory(tmp_path, monkeypatch):
     # `visionsae eval audit --out-dir runs/x` (a relative folder): the pool's paths are relative to
     # the working directory, the JSONL's to its own folder, as `visionsae audit --jsonl` reads them
-    from visionsae.eval.audit import write_pairs
+    from visionsae.audit.inputs import write_jsonl
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs" / "x").mkdir(parents=True)
@@ -101,7 +101,7 @@ def test_the_rotation_jsonl_reads_back_from_any_working_directory(tmp_path, monk
         r["draws"] = [str(Path(d).relative_to(tmp_path)) for d in r["draws"]]
         r["erased"] = str(Path(r["erased"]).relative_to(tmp_path))
     records, _ = plant_records(pool, ["bag"], seed=0)
-    jsonl = write_pairs(records, Path("runs") / "x" / "seed0" / "pairs.jsonl")
+    jsonl = write_jsonl(records, Path("runs") / "x" / "seed0" / "pairs.jsonl")
     monkeypatch.chdir("/")
     real_set, gens = read_jsonl(tmp_path / jsonl)
     for s in [real_set, *gens]:

@@ -25,6 +25,27 @@ def _listed(value, base: Path, where: str) -> list[str]:
     return [v if Path(v).is_absolute() else str(base / v) for v in items]
 
 
+def write_jsonl(records, path: str | Path) -> Path:
+    """Write ``records`` (dicts with "real" and "generated" paths, as :func:`read_jsonl` reads them)
+    as a JSONL whose image paths are relative to the file's folder, which is how the reader
+    resolves them whatever the working directory."""
+    import json
+    import os
+
+    from ..atomic import atomic_write_bytes
+
+    path = Path(path)
+    here = path.parent.resolve()
+
+    def rel(p):
+        return [rel(x) for x in p] if isinstance(p, list) else os.path.relpath(Path(p).resolve(), here)
+
+    lines = [json.dumps({**r, "real": rel(r["real"]), "generated": {k: rel(v) for k, v in r["generated"].items()}})
+             for r in records]
+    atomic_write_bytes(path, "".join(line + "\n" for line in lines).encode())
+    return path
+
+
 def read_jsonl(path: str | Path):
     """(real ImageSet, [generated ImageSet]) of a JSONL of caption / real / generated records."""
     from ..sources.loading import read_jsonl_objects

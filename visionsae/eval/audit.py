@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -364,21 +363,6 @@ def plant_records(pool: dict, copy_classes: Sequence[str], noise: float = 2.0, s
     return out, {"classes": names, "copies_generated_ids": copy_rows, "copy_classes": list(copy_classes)}
 
 
-def write_pairs(records: Sequence[dict], path: Path) -> Path:
-    """Write ``records`` as the JSONL ``visionsae audit --jsonl`` reads, each image path relative to
-    the file's folder (as the reader resolves them, whatever the working directory)."""
-    path = Path(path)
-    here = path.parent.resolve()
-
-    def rel(p):
-        return [rel(x) for x in p] if isinstance(p, list) else os.path.relpath(Path(p).resolve(), here)
-
-    lines = [json.dumps({**r, "real": rel(r["real"]), "generated": {k: rel(v) for k, v in r["generated"].items()}})
-             for r in records]
-    atomic_write_bytes(path, "".join(line + "\n" for line in lines).encode())
-    return path
-
-
 def owners(group_energy: dict[str, list[float]], purity: float = 0.5) -> list[str | None]:
     """Per concept, the group holding at least ``purity`` of its energy (None: no such group)."""
     names = sorted(group_energy)
@@ -451,7 +435,7 @@ def rotation(out_dir: str | Path = "runs/eval-audit-rotation", per_class: int = 
     to ``eval-audit-rotation.json``) per plant the rank of the planted class's first concept,
     and per kind of plant and seed the median and worst rank."""
     from ..audit import AuditConfig, run_audit
-    from ..audit.inputs import read_jsonl
+    from ..audit.inputs import read_jsonl, write_jsonl
 
     out = Path(out_dir)
     cfg = cfg or AuditConfig(progress=progress)
@@ -468,7 +452,7 @@ def rotation(out_dir: str | Path = "runs/eval-audit-rotation", per_class: int = 
         t0 = time.perf_counter()
         pool = _pool(out / f"seed{seed}" / "images", per_class, seed, factor, itd, batch, progress)
         records, truth = plant_records(pool, copy_classes, seed=seed)
-        jsonl = write_pairs(records, out / f"seed{seed}" / "pairs.jsonl")
+        jsonl = write_jsonl(records, out / f"seed{seed}" / "pairs.jsonl")
         real, generated = read_jsonl(jsonl)
         t1 = time.perf_counter()
         result = run_audit(source, real, generated, out / f"seed{seed}" / "audit",
