@@ -113,11 +113,20 @@ class Target:
     def draws(self, pipe: Any, prompts: Sequence[str], seeds: Sequence[int], concept: str) -> tuple[list[bool], list]:
         """Whether ``pipe`` draws ``concept`` for each prompt at its seed (judged; in most of
         :attr:`images_per_prompt` images), and the pipeline's decisions (ItD pipelines; one a prompt)."""
+        drawn, decisions = self.draws_each(pipe, prompts, seeds, [concept])
+        return drawn[concept], decisions
+
+    def draws_each(self, pipe: Any, prompts: Sequence[str], seeds: Sequence[int],
+                   concepts: Sequence[str]) -> tuple[dict[str, list[bool]], list]:
+        """:meth:`draws` for each of ``concepts``, judged on one set of images."""
         n = self.images_per_prompt
         images, decisions = self.generate(pipe, [p for p in prompts for _ in range(n)],
                                           [int(s) + j * SEED_STRIDE for s in seeds for j in range(n)])
-        seen = torch.as_tensor(self.judge(images, concept)).reshape(len(prompts), n)
-        return [bool(2 * int(v.sum()) > n) for v in seen], list(decisions)[::n]
+        drawn = {}
+        for concept in concepts:
+            seen = torch.as_tensor(self.judge(images, concept)).reshape(len(prompts), n)
+            drawn[concept] = [bool(2 * int(v.sum()) > n) for v in seen]
+        return drawn, list(decisions)[::n]
 
     @contextmanager
     def erasing_encoder(self) -> Iterator[Any]:

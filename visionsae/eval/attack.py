@@ -171,10 +171,10 @@ def chance(target, family: str = "evaluate", count: int = 48, seed: int = 0) -> 
     prompts = generic_prompts(family, count, seed=seed)
     seeds = [seed + i for i in range(len(prompts))]
     out = {"prompts": len(prompts), "family": family, "images_per_prompt": target.images_per_prompt, "per_concept": {}}
+    drawn, decisions = target.draws_each(target.erased, prompts, seeds, target.names)  # one set of images for all
     for concept in target.names:
-        drawn, decisions = target.draws(target.erased, prompts, seeds, concept)
         flagged = [bool(d[concept]["flagged"]) for d in decisions] if decisions else []
-        out["per_concept"][concept] = {"drawn_as_concept": sum(drawn) / len(prompts),
+        out["per_concept"][concept] = {"drawn_as_concept": sum(drawn[concept]) / len(prompts),
                                        "flagged": sum(flagged) / len(flagged) if flagged else None}
     return out
 
