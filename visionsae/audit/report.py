@@ -246,14 +246,19 @@ def _concept_section(result, t: dict, side: str, rank: int, k: int, real, g, set
 
 
 def _memorisation_section(mem: dict, real, g) -> str:
-    """The memorisation candidates of generator ``g``: each beside its nearest real image."""
+    """The memorisation candidates of generator ``g``: each beside the real image it nearly copies."""
+    pixels = mem.get("pixel_ratio")
+    views = (f"feature distance ratio at most {mem['ratio']} ({mem.get('flagged_by_features', mem['flagged'])} images)"
+             + (f" or pixel distance ratio at most {pixels} ({mem['flagged_by_pixels']} images)" if pixels else ""))
     out = [f"<h3>Memorisation candidates</h3><p>{mem['flagged']} generated images far closer to one real image "
-           f"than to the next {mem['neighbours']} (distance ratio at most {mem['ratio']}; median ratio "
-           f"{(mem['ratio_median'] or 0):.2f}, median nearest-real cosine {(mem['nearest_similarity_median'] or 0):.3f}).</p>"
-           "<div class='grid'>"]
+           f"than to the next {mem['neighbours']}: {views}; median feature ratio {(mem['ratio_median'] or 0):.2f}"
+           + (f", median pixel ratio {(mem['pixel_ratio_median'] or 0):.2f}" if pixels else "")
+           + f", median nearest-real cosine {(mem['nearest_similarity_median'] or 0):.3f}.</p><div class='grid'>"]
     for c in mem["candidates"][: max(3, mem["flagged"])]:
         mark = "MEMORISED? " if c["flagged"] else ""
-        out.append(_tile(g.items[c["generated"]], None, f"{mark}{g.name} #{c['generated']} (cos {c['similarity']:.3f}, ratio {c['ratio']:.2f})"))
+        px = f", pixel ratio {c['pixel_ratio']:.2f}" if "pixel_ratio" in c else ""
+        out.append(_tile(g.items[c["generated"]], None,
+                         f"{mark}{g.name} #{c['generated']} (cos {c['similarity']:.3f}, ratio {c['ratio']:.2f}{px})"))
         out.append(_tile(real.items[c["real"]], None, f"nearest {real.name} #{c['real']}"))
     out.append("</div>")
     return "".join(out)

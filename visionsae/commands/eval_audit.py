@@ -15,8 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", default="0,1,2", help="seeds of the rotation, comma-separated (default: 0,1,2; "
                                                          "seed 0 chose the ranking and the defaults, the others test them)")
     parser.add_argument("--no-itd", action="store_true", help="rotate omission and exaggeration only (no ItD-erased plants)")
-    parser.add_argument("--copy-classes", default="bag,sneaker,dress",
-                        help="classes whose first caption is answered by a copy of its real image (default: bag,sneaker,dress)")
+    parser.add_argument("--copy-classes", default="all",
+                        help="classes whose first caption is answered by a copy of its real image, comma-separated, "
+                             "or 'all' (default: all ten)")
     parser.add_argument("--single", action="store_true",
                         help="the single plant of earlier versions instead of the rotation (sneaker ItD-erased, "
                              "trouser exaggerated, a bag copy) with the SAE's stability and a second generator")
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         raise UsageError(f"--seeds: expected comma-separated integers such as 0,1,2, got {args.seeds!r}") from None
-    copies = [c.strip() for c in args.copy_classes.split(",") if c.strip()]
+    copies = list(CLASS_NAMES) if args.copy_classes.strip() == "all" else [c.strip() for c in args.copy_classes.split(",") if c.strip()]
     bad = [c for c in copies if c not in CLASS_NAMES]
     if bad or not seeds:
         raise UsageError(f"--copy-classes: unknown classes {bad}; the zoo's classes are {list(CLASS_NAMES)}" if bad

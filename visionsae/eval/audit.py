@@ -216,6 +216,7 @@ def evaluate(out_dir: str | Path = "runs/eval-audit", per_class: int = 50, *, se
              second_generator: bool = True, cfg=None, progress: bool = True, report: bool = True) -> dict[str, Any]:
     from ..audit import AuditConfig, run_audit
     from ..audit.core import train_audit_sae
+    from ..audit.memorisation import ratios_of
     from ..store import ActivationStore
 
     out = Path(out_dir)
@@ -239,9 +240,7 @@ def evaluate(out_dir: str | Path = "runs/eval-audit", per_class: int = 50, *, se
             "copy_matched_its_original": bool(copy and copy["real"] == truth["copy_real_id"]),
             "best_other_similarity": max(others) if others else None,
             "other_flagged": mem["flagged"] - int(bool(copy and copy["flagged"])),
-            "copy_ratio": copy["ratio"] if copy else None,
-            "best_other_ratio": min((c["ratio"] for c in mem["candidates"] if c["generated"] != truth["copy_generated_id"]), default=None),
-            "ratio_threshold": mem["ratio"],
+            "ratios": ratios_of(mem, [truth["copy_generated_id"]]),
         },
         "correlations": result.correlations,
         "timing": {"generation_seconds": truth["generation_seconds"], "audit_seconds": audit_seconds},
@@ -427,16 +426,20 @@ def _plant_ranks(result, truth: dict) -> dict[str, dict]:
 
 
 def rotation(out_dir: str | Path = "runs/eval-audit-rotation", per_class: int = 20, seeds: Sequence[int] = (0, 1, 2),
-             *, factor: int = 3, itd: bool = True, copy_classes: Sequence[str] = ("bag", "sneaker", "dress"),
+             *, factor: int = 3, itd: bool = True, copy_classes: Sequence[str] | None = None,
              cfg=None, resolution: int = RESOLUTION, batch: int = 32, progress: bool = True) -> dict[str, Any]:
     """Every class in turn suppressed (by omission and, with ``itd``, by ItD erasure) and
-    exaggerated, and copies of ``copy_classes``, per seed; the audit run as ``visionsae audit
+    exaggerated, and copies of ``copy_classes`` (default: every class), per seed; the audit run as ``visionsae audit
     --jsonl`` runs it (the same reader and defaults) on the plants' JSONL. Returns (and writes
     to ``eval-audit-rotation.json``) per plant the rank of the planted class's first concept,
     and per kind of plant and seed the median and worst rank."""
     from ..audit import AuditConfig, run_audit
     from ..audit.inputs import read_jsonl, write_jsonl
+    from ..audit.memorisation import ratios_of
 
+    from ..zoo import CLASS_NAMES
+
+    copy_classes = list(CLASS_NAMES) if copy_classes is None else list(copy_classes)
     out = Path(out_dir)
     cfg = cfg or AuditConfig(progress=progress)
     source = efficientnet_source(resolution)
@@ -479,7 +482,8 @@ def rotation(out_dir: str | Path = "runs/eval-audit-rotation", per_class: int = 
             "copies": {"classes": truth["copy_classes"], "all_top_candidates": set(top) == want,
                        "flagged": sum(g in want for g in flagged), "of": len(want),
                        "false_flags": false_flags, "generated_images": gen_images,
-                       "false_flags_per_1000": 1000 * false_flags / gen_images},
+                       "false_flags_per_1000": 1000 * false_flags / gen_images,
+                       "ratios": ratios_of(mem, want)},
             "seconds": {"generation": pool.get("generation_seconds"), "audit": audit_seconds,
                         "total": time.perf_counter() - t0},
             "jsonl": str(jsonl),
