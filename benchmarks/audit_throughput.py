@@ -69,7 +69,7 @@ def write_images(n: int, folder: Path, offset: int = 0) -> list[str]:
     return paths
 
 
-def audit_once(n: int, tmp: str, sae: str, progress: bool = False) -> float:
+def audit_once(n: int, tmp: str, sae: str, progress: bool = False, pixel_side: int | None = None) -> float:
     """Seconds of one audit of ``n`` real against ``n`` generated images (fresh stores)."""
     import shutil
 
@@ -83,7 +83,8 @@ def audit_once(n: int, tmp: str, sae: str, progress: bool = False) -> float:
     shutil.rmtree(out, ignore_errors=True)
     src = efficientnet_source()
     t = time.perf_counter()
-    run_audit(src, real, [gen], out, sae=sae, cfg=AuditConfig(progress=progress))
+    extra = {} if pixel_side is None else {"pixel_side": pixel_side}
+    run_audit(src, real, [gen], out, sae=sae, cfg=AuditConfig(progress=progress, **extra))
     return time.perf_counter() - t
 
 
@@ -102,6 +103,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--memory-only", action="store_true", help="skip the throughput runs")
+    parser.add_argument("--pixel-side", type=int, default=None,
+                        help="the audit's pixel view of memorisation (default: the audit's own; 0 measures the feature view alone)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from visionsae.audit import AuditConfig, ImageSet
@@ -125,10 +128,10 @@ def main(argv=None) -> int:
         bare, audit = [], []
         if not args.memory_only:
             bare_once(src, pixels[:1])
-            audit_once(n, tmp, sae)  # warm-up
+            audit_once(n, tmp, sae, pixel_side=args.pixel_side)  # warm-up
         for _ in range(0 if args.memory_only else args.repeats):
             bare.append(2 * n / bare_once(src, pixels))
-            audit.append(2 * n / audit_once(n, tmp, sae))
+            audit.append(2 * n / audit_once(n, tmp, sae, pixel_side=args.pixel_side))
         memory = []
         for count in (n, 4 * n):
             out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(count), tmp, sae], capture_output=True,
@@ -138,6 +141,7 @@ def main(argv=None) -> int:
         "backbone": "efficientnet-lite0 _blocks.15 @ 128px (4x4 tokens of 320)",
         "images_per_run": 2 * n,
         "threads": args.threads,
+        "pixel_side": args.pixel_side if args.pixel_side is not None else AuditConfig().pixel_side,
         "bare_forward_images_per_s": statistics.median(bare) if bare else None,
         "audit_images_per_s": statistics.median(audit) if audit else None,
         "ratio": statistics.median(audit) / statistics.median(bare) if bare else None,

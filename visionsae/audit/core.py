@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from ..sae import SAEConfig, SparseAutoencoder
 from ..store import ActivationStore, TokenKind
 from ..errors import UsageError
-from .memorisation import descriptor, memorisation, thumbnail, write_vectors
+from .memorisation import ThumbnailReader, descriptor, memorisation, write_vectors
 from .ranking import concept_table, delta_correlations
 from ..sae.io import atomic_write_bytes
 
@@ -311,6 +311,7 @@ def stream_set(store: ActivationStore, sae: SparseAutoencoder, image_set: ImageS
     tmp = {k: f.with_name(f.name + ".tmp") for k, f in files.items()}
     bar = tqdm(total=len(image_set.items), desc=f"audit {image_set.name}", unit="img", disable=not cfg.progress)
     handles = {k: open(t, "wb") for k, t in tmp.items()}
+    thumbs = ThumbnailReader(image_set.items, load, cfg.pixel_side) if cfg.pixel_side else None
     try:
         for batch, records, ids, starts, stops, energy in shard_energies(store, sae, cfg):
             stats.add(energy, ids, poisson_weights(hashes[ids], cfg.bootstrap, cfg.seed),
@@ -324,11 +325,12 @@ def stream_set(store: ActivationStore, sae: SparseAutoencoder, image_set: ImageS
             desc_sum += descs.sum(0, dtype=torch.float64)
             n_desc += len(descs)
             write_vectors(handles["descriptors"], ids, descs)
-            if cfg.pixel_side:
-                thumbs = torch.stack([thumbnail(load(image_set.items[i]), cfg.pixel_side) for i in ids.tolist()])
-                write_vectors(handles["thumbnails"], ids, thumbs)
+            if thumbs is not None:
+                write_vectors(handles["thumbnails"], ids, thumbs.take(ids.tolist()))
             bar.update(len(ids))
     finally:
+        if thumbs is not None:
+            thumbs.close()
         for h in handles.values():
             h.close()
         bar.close()

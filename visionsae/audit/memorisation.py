@@ -53,6 +53,56 @@ def thumbnail(image, side: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(small, dtype=np.float32).copy()).flatten() / 255.0
 
 
+class ThumbnailReader:
+    """Thumbnails of ``items`` made ahead in a second thread (PIL decodes without the GIL), in
+    input order, at most ``ahead`` of them waiting: ``take(ids)`` returns those of increasing
+    ``ids`` (an item that cannot be read is skipped, as extraction skips it)."""
+
+    def __init__(self, items, load, side: int, ahead: int = 1024):
+        import queue
+        import threading
+
+        self._queue: "queue.Queue" = queue.Queue(maxsize=ahead)
+        self._stop = threading.Event()
+        self._next = 0
+
+        def produce() -> None:
+            for i, item in enumerate(items):
+                if self._stop.is_set():
+                    return
+                try:
+                    value = thumbnail(load(item), side)
+                except Exception:  # noqa: BLE001 - unreadable: not in the store either
+                    value = None
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put((i, value), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+
+        self._thread = threading.Thread(target=produce, name="audit-thumbnails", daemon=True)
+        self._thread.start()
+
+    def take(self, ids) -> torch.Tensor:
+        out = []
+        for want in ids:
+            while True:
+                i, value = self._queue.get()
+                if i == want:
+                    break
+                if i > want:
+                    raise RuntimeError(f"thumbnail of input {want} asked after input {i}: ids must increase")
+            if value is None:
+                raise RuntimeError(f"input {want} is in the store but its image could not be read again")
+            out.append(value)
+        return torch.stack(out)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def write_vectors(f, ids: torch.Tensor, vectors: torch.Tensor) -> None:
     """Append rows ``(id int64, vector float16)`` to the open binary file ``f``."""
     np.concatenate([ids.numpy().astype(np.int64).view(np.uint8).reshape(-1, 8),
