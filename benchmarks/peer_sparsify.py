@@ -32,7 +32,7 @@ import time
 import torch
 
 from benchmarks import current_rss_mb, write_json
-from benchmarks.train_throughput import (SETTINGS, add_run_arguments, floors, planted_batches, rates, run_fields,
+from benchmarks.train_throughput import (SETTINGS, add_run_arguments, floors, planted_batches, rates, run_fields, steady_fields,
                                          setting_dict)
 from visionsae.planted import PlantedConfig, PlantedData, recovery
 from visionsae.sae.metrics import FVU
@@ -155,13 +155,13 @@ def run(name: str, samples: int, lr: float | None = None, optimizer: str | None 
     trainer = sparsify_trainer(s["d_in"], s["n_latents"], s["k"], steps, seed, **overrides)
     (sae,) = trainer.saes.values()
     measured = rates(s["batch"], s["d_in"], s["n_latents"])
-    first_step = None
     start = time.perf_counter()
+    marks = [start]
     for i, x in enumerate(batches):
         fit_step(trainer, sae, x, i)
-        if i == 0:
-            first_step = time.perf_counter() - start
-    seconds = time.perf_counter() - start
+        marks.append(time.perf_counter())
+    seconds = marks[-1] - start
+    step_times = [b - a for a, b in zip(marks, marks[1:])]
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     for opt in trainer.optimizers:  # what sparsify saves: the schedule-free average
         if hasattr(opt, "eval"):
@@ -193,7 +193,8 @@ def run(name: str, samples: int, lr: float | None = None, optimizer: str | None 
         "seconds": seconds,
         "samples_per_s": steps * s["batch"] / seconds,
         "step_ms": seconds / steps * 1e3,
-        "first_step_ms": first_step * 1e3,
+        "first_step_ms": step_times[0] * 1e3,
+        **steady_fields(step_times, s["batch"]),
         **run_fields(measured, floor, step_time, peak_rss, baseline_rss),
         **quality,
     }

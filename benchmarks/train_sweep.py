@@ -5,7 +5,10 @@ defaults) at d_in 768, batch 1024, n_latents 4k / 16k / 64k / 2^19 (ItD's SAE on
 Every (size, k) runs each library ``--repeats`` times in fresh processes, alternating which
 goes first, for ``--steps`` steps (tens are enough for the step time and the peak RSS;
 quality is not scored), and records step time, samples/s, peak RSS, the RSS before the SAE
-existed, and the share of the FLOP floor in the step's dtype. A size whose runs would not
+existed, and the share of the FLOP floor in the step's dtype; step time and samples/s both over
+all steps and over the steps after the first ("steady": the first step allocates gradients and
+optimizer state, several times a later step at 2^19 latents, which a short run cannot amortise
+and a long one does). A size whose runs would not
 fit the memory available now (``MemAvailable``, against an estimate of both libraries'
 needs) is skipped and says so. Writes the JSON and a PNG plot of step time and peak RSS
 against n_latents (log-log), ranges over the repeats drawn as bars.
@@ -134,14 +137,19 @@ def main(argv=None) -> int:
                                           ["--n-latents", str(n), "--k", str(k), "--no-quality"]))
             for lib, rs in runs.items():
                 point = {"library": lib, "n_latents": n, "k": k, "runs": len(rs), "step_dtype": rs[0]["step_dtype"]}
-                for key in ("step_ms", "samples_per_s", "peak_rss_mb", "baseline_rss_mb", "fraction_of_floor_throughput",
-                            "fraction_of_floor_fp32", "fraction_of_floor_bf16"):
-                    vals = [x[key] for x in rs]
+                for key in ("step_ms", "samples_per_s", "first_step_ms", "steady_step_ms", "steady_samples_per_s", "peak_rss_mb",
+                            "baseline_rss_mb", "fraction_of_floor_throughput", "fraction_of_floor_fp32", "fraction_of_floor_bf16"):
+                    vals = [x[key] for x in rs if key in x]
+                    if not vals:
+                        continue
                     point[key] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
                 points.append(point)
             ours, theirs = points[-2], points[-1]
             summary = {"n_latents": n, "k": k,
                        "throughput_ratio": ours["samples_per_s"]["median"] / theirs["samples_per_s"]["median"],
+                       # the steps after each run's first, which allocates gradients and optimizer state
+                       "steady_throughput_ratio": (ours["steady_samples_per_s"]["median"] / theirs["steady_samples_per_s"]["median"]
+                                                   if "steady_samples_per_s" in ours and "steady_samples_per_s" in theirs else None),
                        "peak_rss_mb": {"visionsae": ours["peak_rss_mb"]["median"], "sparsify": theirs["peak_rss_mb"]["median"]},
                        "fraction_of_floor": {"visionsae": ours["fraction_of_floor_throughput"]["median"],
                                              "sparsify": theirs["fraction_of_floor_throughput"]["median"]}}

@@ -100,6 +100,9 @@ def setting_dict(name: str, n_latents: int | None = None, k: int | None = None) 
     return s
 
 
+PER_STEP_LOG = 64  # runs of at most this many steps log every step (the sweep's), so the first step can be told apart
+
+
 def loop_seconds(metrics: Path, batch: int) -> float:
     """The training loop's time from the trainer's metrics log: each record covers the steps
     since the previous one at its ``samples_per_s``."""
@@ -111,6 +114,23 @@ def loop_seconds(metrics: Path, batch: int) -> float:
     if prev == 0:
         raise RuntimeError(f"{metrics} holds no records")
     return total
+
+
+def step_seconds(metrics: Path, batch: int) -> list[float]:
+    """Per-step seconds from a metrics log written with ``log_every=1``."""
+    return [batch / json.loads(line)["samples_per_s"] for line in metrics.read_text().splitlines()]
+
+
+def steady_fields(step_times: list[float], batch: int) -> dict:
+    """The steps after the first (which allocates the gradients and optimizer state: at 2^19
+    latents several times a later step's time): their median step time and samples/s, what a
+    long run sees. Empty when fewer than two steps were timed one by one."""
+    if len(step_times) < 2:
+        return {}
+    import statistics
+
+    later = statistics.median(step_times[1:])
+    return {"first_step_ms": step_times[0] * 1e3, "steady_step_ms": later * 1e3, "steady_samples_per_s": batch / later}
 
 
 def planted_batches(cfg: PlantedConfig, batch: int, steps: int) -> list[torch.Tensor]:
@@ -153,12 +173,13 @@ def run_setting(name: str, samples: int, seed: int = 0, setting: dict | None = N
     baseline_rss = current_rss_mb()
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(out_dir=tmp, total_samples=steps * s["batch"], seed=seed, progress=False, checkpoint_every=0,
-                          log_every=min(100, max(1, steps // 2)), **train_overrides)
+                          log_every=1 if steps <= PER_STEP_LOG else min(100, max(1, steps // 2)), **train_overrides)
         start = time.perf_counter()
         sae = train_sae(sae_cfg, cfg, iter(batches))
         wall = time.perf_counter() - start
         seconds = loop_seconds(Path(tmp) / "metrics.jsonl", s["batch"])
         first_window = json.loads((Path(tmp) / "metrics.jsonl").read_text().splitlines()[0])
+        steady = steady_fields(step_seconds(Path(tmp) / "metrics.jsonl", s["batch"]), s["batch"]) if steps <= PER_STEP_LOG else {}
         step_dtype = json.loads((Path(tmp) / "train_cfg.json").read_text())["resolved"]["select_dtype"]
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     del batches
@@ -177,6 +198,7 @@ def run_setting(name: str, samples: int, seed: int = 0, setting: dict | None = N
         "samples_per_s": steps * s["batch"] / seconds,
         "step_ms": step_time * 1e3,
         "first_window_fvu": first_window["fvu"],
+        **steady,
         **run_fields(measured, floor, step_time, peak_rss, baseline_rss),
         **quality,
     }

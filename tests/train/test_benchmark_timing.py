@@ -19,3 +19,19 @@ def test_loop_seconds_cover_every_step_and_exclude_setup(tmp_path):
     assert len(lines) == 3  # steps 2, 4 and the last, 5
     loop = loop_seconds(tmp_path / "metrics.jsonl", 64)
     assert 0 < loop < wall
+
+
+def test_per_step_times_add_up_to_the_loop_and_tell_the_first_step_apart(tmp_path):
+    from benchmarks.train_throughput import steady_fields, step_seconds
+
+    batches = [torch.randn(64, 16) for _ in range(6)]
+    cfg = TrainConfig(out_dir=str(tmp_path), total_samples=6 * 64, seed=0, progress=False, checkpoint_every=0, log_every=1)
+    train_sae(SAEConfig(d_in=16, n_latents=64, k=4), cfg, iter(batches))
+    steps = step_seconds(tmp_path / "metrics.jsonl", 64)
+    assert len(steps) == 6 and all(t > 0 for t in steps)
+    assert abs(sum(steps) - loop_seconds(tmp_path / "metrics.jsonl", 64)) < 1e-9
+    fields = steady_fields(steps, 64)
+    later = sorted(steps[1:])
+    assert fields["first_step_ms"] == steps[0] * 1e3 and fields["steady_step_ms"] == later[2] * 1e3
+    assert abs(fields["steady_samples_per_s"] - 64 / later[2]) < 1e-6
+    assert steady_fields(steps[:1], 64) == {}  # one step: nothing after the first
