@@ -154,8 +154,11 @@ def test_the_train_command_under_torchrun_ends_its_process_group(tmp_path):
     # (PyTorch's shutdown rule: gloo's threads left to interpreter exit may abort a finished run)
     script = tmp_path / "train.py"
     script.write_text(
-        "import sys\nimport torch.distributed as dist\nfrom visionsae.cli import main\n"
-        "rc = main(sys.argv[1:])\nprint('group left:', dist.is_initialized(), flush=True)\nsys.exit(rc)\n")
+        "import os, sys\nimport torch.distributed as dist\nfrom visionsae.cli import main\n"
+        "rc = main(sys.argv[1:])\n"
+        # one file per rank: torchrun merges the processes' stdout, whose lines can interleave
+        f"open(os.path.join({str(tmp_path)!r}, 'left.' + os.environ['RANK']), 'w').write(str(dist.is_initialized()))\n"
+        "sys.exit(rc)\n")
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(OMP_NUM_THREADS="1")
     proc = subprocess.run(
@@ -166,5 +169,6 @@ def test_the_train_command_under_torchrun_ends_its_process_group(tmp_path):
         capture_output=True, text=True, timeout=300, env=env,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert proc.stdout.count("group left: False") == 2, proc.stdout[-2000:]
+    left = {r: (tmp_path / f"left.{r}").read_text() for r in ("0", "1")}
+    assert left == {"0": "False", "1": "False"}, left  # no process group left on either rank
     assert (tmp_path / "run" / "sae" / "sae.safetensors").exists()
