@@ -127,6 +127,20 @@ def _latent_sums(indices: torch.Tensor, weights: torch.Tensor, rows: torch.Tenso
                            mode="sum")
 
 
+def _latent_rows(indices: torch.Tensor, weights: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor,
+                 bags: LatentBags | None = None) -> torch.Tensor:
+    """:func:`_latent_sums` as a sparse COO tensor of the latents that occur in ``indices``
+    (at most ``batch * k`` rows of ``[n_latents, d]``): the same sums, without the zero rows."""
+    n = weight.shape[0]
+    order, members, offsets = (bags or LatentBags())(indices, n)
+    present = torch.bincount(indices.reshape(-1), minlength=n).nonzero().squeeze(1)
+    # the bags of absent latents are empty, so the present latents' offsets delimit theirs
+    sums = F.embedding_bag(members, rows, offsets[present], per_sample_weights=weights.reshape(-1)[order].to(rows.dtype),
+                           mode="sum")
+    return torch.sparse_coo_tensor(present.unsqueeze(0), sums.to(weight.dtype), weight.shape, is_coalesced=True,
+                                   check_invariants=False)
+
+
 def _sampled_dots(indices: torch.Tensor, grad: torch.Tensor, table: torch.Tensor,
                   bags: LatentBags | None = None) -> torch.Tensor:
     """``out[b, j] = <grad[b], table[indices[b, j]]>``: ``grad @ table.T`` computed only at the
@@ -260,10 +274,11 @@ class _SparseEncode(torch.autograd.Function):
 
 class _SparseDecode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, values, indices, weight, bags):
+    def forward(ctx, values, indices, weight, bags, sparse_grad=False):
         # values, indices: [B, k]; weight (decoder): [n_latents, d_in]
         ctx.save_for_backward(values, indices, weight)
         ctx.bags = bags or LatentBags()
+        ctx.sparse_grad = sparse_grad
         return _rows_weighted_sum(indices, values, weight)
 
     @staticmethod
@@ -274,8 +289,11 @@ class _SparseDecode(torch.autograd.Function):
             # <grad_out[b], weight[indices[b, j]]>
             grad_values = _sampled_dots(indices, grad_out, weight, ctx.bags).to(values.dtype)
         if ctx.needs_input_grad[2]:
-            grad_weight = _latent_sums(indices, values, grad_out, weight.shape[0], ctx.bags).to(weight.dtype)
-        return grad_values, None, grad_weight, None
+            if ctx.sparse_grad:
+                grad_weight = _latent_rows(indices, values, grad_out, weight, ctx.bags)
+            else:
+                grad_weight = _latent_sums(indices, values, grad_out, weight.shape[0], ctx.bags).to(weight.dtype)
+        return grad_values, None, grad_weight, None, None
 
 
 def sparse_encode(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, select: Selector,
@@ -298,9 +316,10 @@ def sparse_encode(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, sel
 
 
 def sparse_decode(values: torch.Tensor, indices: torch.Tensor, weight: torch.Tensor,
-                  bags: LatentBags | None = None) -> torch.Tensor:
-    """``sum_j values[:, j] * weight[indices[:, j]]`` with a sparse backward."""
-    return _SparseDecode.apply(values, indices, weight, bags)
+                  bags: LatentBags | None = None, sparse_grad: bool = False) -> torch.Tensor:
+    """``sum_j values[:, j] * weight[indices[:, j]]`` with a sparse backward; with
+    ``sparse_grad`` the weight's gradient is a sparse COO tensor of the rows used."""
+    return _SparseDecode.apply(values, indices, weight, bags, sparse_grad)
 
 
 def plain_encode(x, weight, bias, select: Selector):

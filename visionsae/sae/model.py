@@ -88,6 +88,9 @@ class SparseAutoencoder(nn.Module):
             self.b_enc.requires_grad_(False)  # the rule sets it (after_step), not the optimizer
         self.dictionary: ArchetypalDictionary | None = None
         self._scratch = Scratch()  # the choosing matmul's buffers, kept between training steps
+        # W_dec's gradient as a sparse COO tensor of the rows a pass used (a trainer's setting,
+        # see visionsae.train.sparse_adam); the gradient is dense wherever a loss reads W_dec densely
+        self.sparse_decoder_grad = False
         if cfg.dictionary == "archetypal":
             self.dictionary = ArchetypalDictionary(
                 n, d, cfg.archetypal_candidates or n, cfg.archetypal_delta, cfg.archetypal_learn_scale,
@@ -194,7 +197,8 @@ class SparseAutoencoder(nn.Module):
             merge = rule.merge if getattr(rule, "exact_merge", False) and torch.is_grad_enabled() else None
             values, indices = sparse_encode(xs, self.W_enc, self.b_enc, rule.select, cheap, bags, center=self.b_dec,
                                             scratch=self._scratch, merge=merge)
-            xs_hat = sparse_decode(values, indices, W_dec, bags) + self.b_dec
+            sparse_grad = self.sparse_decoder_grad and self.dictionary is None
+            xs_hat = sparse_decode(values, indices, W_dec, bags, sparse_grad) + self.b_dec
             code = SparseCode(values, indices)
         else:
             pre = F.linear(x_in, self.W_enc, self.b_enc)
@@ -218,7 +222,10 @@ class SparseAutoencoder(nn.Module):
         dead = dead_mask.nonzero().squeeze(-1)
         pre = F.linear(x_in, self.W_enc[dead], self.b_enc[dead])  # [B, n_dead]
         values, local = pre.topk(min(aux_k, dead.numel()), dim=-1, sorted=False)
-        residual_hat = F.embedding_bag(local, W_dec[dead], per_sample_weights=values.relu(), mode="sum")
+        if self.sparse_decoder_grad and self.dictionary is None:  # the dead rows' gradient, sparse
+            residual_hat = F.embedding_bag(dead[local], W_dec, per_sample_weights=values.relu(), mode="sum", sparse=True)
+        else:
+            residual_hat = F.embedding_bag(local, W_dec[dead], per_sample_weights=values.relu(), mode="sum")
         # Normalised like the FVU so its scale does not depend on the data's.
         return _fvu(residual, residual_hat)
 
@@ -246,7 +253,13 @@ class SparseAutoencoder(nn.Module):
         """Drop the gradient component along each (unit) decoder row, so a step does not
         change the row's norm to first order before :meth:`normalize_decoder_`."""
         g = self.W_dec.grad
-        if g is not None:
+        if g is not None and g.is_sparse:  # the rows a pass used: the same projection on those rows
+            g = g.coalesce()
+            rows, v = g.indices()[0], g.values()
+            w = self.W_dec.detach()[rows]
+            v.addcmul_(torch.linalg.vecdot(v, w, dim=1).unsqueeze(1), w, value=-1)
+            self.W_dec.grad = g
+        elif g is not None:
             # Row-wise dots, then one in-place update. vecdot multiplies into a temporary the
             # size of its inputs and sums it; over 256-row blocks that temporary stays in
             # cache (at 4096 x 512 in a training step: ~1 ms against ~2.9 for one vecdot of

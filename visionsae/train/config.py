@@ -42,6 +42,8 @@ class TrainConfig:
     """Adam beta2."""
     grad_clip: float | None = 1.0
     """Clip the global gradient norm to this value (None: no clipping)."""
+    sparse_decoder_grad: bool = True
+    """Keep the decoder's gradient as the rows a step used (a TopK-family SAE's other rows get none) and apply Adam's own update from them, instead of a dense copy of W_dec (1.5 GiB at 768 x 2^19); one process only (data parallel reduces dense gradients)."""
     aux_k: int | None = None
     """Dead latents used by the AuxK loss; None picks d_in // 2."""
     aux_coefficient: float = 1.0 / 32

@@ -33,6 +33,7 @@ from ..sae import SAEConfig, SparseAutoencoder
 from ..sae.config import FORMAT_VERSION
 from ..sae.io import atomic_save_tensors, atomic_write_bytes
 from .config import RESUME_FREE, TrainConfig, lr_factor
+from .sparse_adam import adam_step_sparse_rows_, sparse_rows_grad
 from .distributed import Collectives, adaptive_tensors
 
 if TYPE_CHECKING:
@@ -296,6 +297,7 @@ class Trainer:
         # Each process's first batch is its own: the SAE starts from all of them (the same
         # scale, b_dec and, for RA-SAE, candidates on every process).
         sae.init_from_data_(sync.gather_rows(first) if sharded else first, cfg.b_dec_init)
+        sae.sparse_decoder_grad = cfg.sparse_decoder_grad and world == 1
         batch_size = first.shape[0]
         lr = cfg.learning_rate(self.sae_cfg.n_latents, batch_size * world)
         select_dtype = cfg.select_torch_dtype(sae.W_enc.dtype, sae.W_enc.device)  # of the choosing matmul
@@ -345,6 +347,9 @@ class Trainer:
         sae.remove_parallel_grads_()
         if cfg.grad_clip is not None:
             _clip_grad_norm(acc, sae, cfg.grad_clip)
+        for p in sae.parameters():
+            if sparse_rows_grad(p):
+                adam_step_sparse_rows_(run.opt, p)  # Adam's update from the rows used; clears the gradient
         run.opt.step()
         sae.normalize_decoder_()
         with torch.no_grad():
@@ -480,7 +485,7 @@ def _clip_grad_norm(acc: Accelerator, sae: SparseAutoencoder, max_norm: float) -
     clipping bites.
     """
     acc.unscale_gradients()  # no-op without a mixed-precision grad scaler
-    grads = [p.grad for p in sae.parameters() if p.grad is not None]
+    grads = [p.grad.coalesce().values() if p.grad.is_sparse else p.grad for p in sae.parameters() if p.grad is not None]
     if not grads:
         return
     total = float(torch.nn.utils.get_total_norm(grads))
