@@ -256,8 +256,10 @@ class SparseAutoencoder(nn.Module):
         if g is not None and g.is_sparse:  # the rows a pass used: the same projection on those rows
             g = g.coalesce()
             rows, v = g.indices()[0], g.values()
-            w = self.W_dec.detach()[rows]
-            v.addcmul_(torch.linalg.vecdot(v, w, dim=1).unsqueeze(1), w, value=-1)
+            for start in range(0, len(rows), 4096):  # blocks: no gathered copy of all the rows' weights
+                w = self.W_dec.detach()[rows[start : start + 4096]]
+                block = v[start : start + 4096]
+                block.addcmul_(torch.linalg.vecdot(block, w, dim=1).unsqueeze(1), w, value=-1)
             self.W_dec.grad = g
         elif g is not None:
             # Row-wise dots, then one in-place update. vecdot multiplies into a temporary the
