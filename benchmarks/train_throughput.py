@@ -172,14 +172,15 @@ def run_setting(name: str, samples: int, seed: int = 0, setting: dict | None = N
     measured = rates(s["batch"], s["d_in"], s["n_latents"])
     baseline_rss = current_rss_mb()
     with tempfile.TemporaryDirectory() as tmp:
+        per_step = steps <= PER_STEP_LOG
         cfg = TrainConfig(out_dir=tmp, total_samples=steps * s["batch"], seed=seed, progress=False, checkpoint_every=0,
-                          log_every=1 if steps <= PER_STEP_LOG else min(100, max(1, steps // 2)), **train_overrides)
+                          log_every=1 if per_step else min(100, max(1, steps // 2)), **train_overrides)
         start = time.perf_counter()
         sae = train_sae(sae_cfg, cfg, iter(batches))
         wall = time.perf_counter() - start
         seconds = loop_seconds(Path(tmp) / "metrics.jsonl", s["batch"])
         first_window = json.loads((Path(tmp) / "metrics.jsonl").read_text().splitlines()[0])
-        steady = steady_fields(step_seconds(Path(tmp) / "metrics.jsonl", s["batch"]), s["batch"]) if steps <= PER_STEP_LOG else {}
+        steady = steady_fields(step_seconds(Path(tmp) / "metrics.jsonl", s["batch"]), s["batch"]) if per_step else {}
         step_dtype = json.loads((Path(tmp) / "train_cfg.json").read_text())["resolved"]["select_dtype"]
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     del batches

@@ -45,8 +45,9 @@ def run(args: argparse.Namespace) -> int:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         raise UsageError(f"--seeds: expected comma-separated integers such as 0,1,2, got {args.seeds!r}") from None
-    copies = list(CLASS_NAMES) if args.copy_classes.strip() == "all" else [c.strip() for c in args.copy_classes.split(",") if c.strip()]
-    bad = [c for c in copies if c not in CLASS_NAMES]
+    # None: every class (the rotation's default)
+    copies = None if args.copy_classes.strip() == "all" else [c.strip() for c in args.copy_classes.split(",") if c.strip()]
+    bad = [c for c in copies or () if c not in CLASS_NAMES]
     if bad or not seeds:
         raise UsageError(f"--copy-classes: unknown classes {bad}; the zoo's classes are {list(CLASS_NAMES)}" if bad
                          else "--seeds: give at least one seed")

@@ -436,7 +436,6 @@ def rotation(out_dir: str | Path = "runs/eval-audit-rotation", per_class: int = 
     from ..audit import AuditConfig, run_audit
     from ..audit.inputs import read_jsonl, write_jsonl
     from ..audit.memorisation import ratios_of
-
     from ..zoo import CLASS_NAMES
 
     copy_classes = list(CLASS_NAMES) if copy_classes is None else list(copy_classes)

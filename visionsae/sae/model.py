@@ -197,8 +197,7 @@ class SparseAutoencoder(nn.Module):
             merge = rule.merge if getattr(rule, "exact_merge", False) and torch.is_grad_enabled() else None
             values, indices = sparse_encode(xs, self.W_enc, self.b_enc, rule.select, cheap, bags, center=self.b_dec,
                                             scratch=self._scratch, merge=merge)
-            sparse_grad = self.sparse_decoder_grad and self.dictionary is None
-            xs_hat = sparse_decode(values, indices, W_dec, bags, sparse_grad) + self.b_dec
+            xs_hat = sparse_decode(values, indices, W_dec, bags, self._sparse_decoder_grad_on) + self.b_dec
             code = SparseCode(values, indices)
         else:
             pre = F.linear(x_in, self.W_enc, self.b_enc)
@@ -218,11 +217,16 @@ class SparseAutoencoder(nn.Module):
             losses["matryoshka"] = matryoshka_loss(inputs, matryoshka_widths(self.cfg))
         return SAEOutput(xs_hat / self.input_scale, code, fvu, aux_loss, losses, x_in.detach())
 
+    @property
+    def _sparse_decoder_grad_on(self) -> bool:
+        """Whether this pass gives W_dec a sparse gradient (RA-SAE's W_dec is computed, not trained)."""
+        return self.sparse_decoder_grad and self.dictionary is None
+
     def _aux_loss(self, x_in, residual, dead_mask, aux_k, W_dec) -> torch.Tensor:
         dead = dead_mask.nonzero().squeeze(-1)
         pre = F.linear(x_in, self.W_enc[dead], self.b_enc[dead])  # [B, n_dead]
         values, local = pre.topk(min(aux_k, dead.numel()), dim=-1, sorted=False)
-        if self.sparse_decoder_grad and self.dictionary is None:  # the dead rows' gradient, sparse
+        if self._sparse_decoder_grad_on:  # the dead rows' gradient, sparse
             residual_hat = F.embedding_bag(dead[local], W_dec, per_sample_weights=values.relu(), mode="sum", sparse=True)
         else:
             residual_hat = F.embedding_bag(local, W_dec[dead], per_sample_weights=values.relu(), mode="sum")
